@@ -1,0 +1,40 @@
+# make test: set up and run the test suite.  make demo: set up and run the demo.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Fashion-MNIST for the demo and tests (falls back to scikit-learn digits when absent).
+DEB_PACKAGES := dataset-fashion-mnist
+
+.PHONY: setup test test-fast lint format demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/system-deps.sh
+	scripts/system-deps.sh $(DEB_PACKAGES)
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/pytest
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow"
+
+demo: $(STAMP)
+	$(BIN)/streamer simulate --config configs/demo.yaml --out demo-out
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

@@ -1,0 +1,173 @@
+"""The online learner: score a fresh batch, then learn from it mixed with replay.
+
+Knows nothing of Kafka, metrics or files: batches in, StepResult out.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from streamer import losses
+from streamer.config import LearnerConfig
+from streamer.model import ClipModel
+from streamer.records import Pair, Sample, StepResult
+from streamer.replay import ReplayBuffer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Learner:
+    def __init__(
+        self,
+        model: ClipModel,
+        replay: ReplayBuffer,
+        cfg: LearnerConfig,
+        to_pair: Callable[[Sample], Pair],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.model = model
+        self.replay = replay
+        self.cfg = cfg
+        self._to_pair = to_pair  # decodes replayed samples
+        self._clock = clock
+        self._params = list(model.trainable_parameters().values())
+        self.optimizer = torch.optim.AdamW(
+            self._params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.labels: list[str] = []  # label prompts seen so far, in order of arrival
+        self.steps = 0
+        self.samples = 0
+        self.skipped_nonfinite = 0
+        on_cuda = model.device.type == "cuda"
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
+
+    def step(self, fresh: Sequence[Pair]) -> StepResult:
+        """Test, then train: score the fresh batch, run the optimizer steps, then remember it."""
+        start = self._clock()
+        pre_loss, pre_acc = self.score(fresh)
+        self._learn_labels(fresh)
+        applied: list[float] = []
+        for _ in range(self.cfg.steps_per_batch):
+            replayed = [self._to_pair(s) for s in self.replay.sample(self.cfg.replay_per_step)]
+            loss = self._update([*fresh, *replayed])
+            if loss is not None:
+                applied.append(loss)
+        self.model.net.eval()  # outside updates the model serves and is evaluated
+        for pair in fresh:
+            self.replay.add(pair.sample)
+        self.steps += 1
+        self.samples += len(fresh)
+        skipped = self.cfg.steps_per_batch - len(applied)
+        self.skipped_nonfinite += skipped
+        return StepResult(
+            step=self.steps,
+            samples=len(fresh),
+            replayed=min(self.cfg.replay_per_step, len(self.replay)),
+            loss=sum(applied) / len(applied) if applied else float("nan"),
+            prequential_loss=pre_loss,
+            prequential_accuracy=pre_acc,
+            updates=len(applied),
+            skipped_nonfinite=skipped,
+            seconds=self._clock() - start,
+            lr=self.optimizer.param_groups[0]["lr"],
+            logit_scale=float(self.model.logit_scale().detach()),
+        )
+
+    @torch.no_grad()
+    def score(self, batch: Sequence[Pair]) -> tuple[float, float]:
+        """Loss and top-1 accuracy on a batch the model has not learned from.
+
+        Candidates: every label prompt seen so far plus this batch's own texts, so a
+        labelled image competes with all known classes and a caption with its batch mates.
+        """
+        self.model.net.eval()
+        with self._autocast():
+            img = self.model.encode_images(_pixels(batch))
+            prompts = self._prompts(batch)
+            candidates, target = losses.unique_targets([*self.labels, *prompts])
+            txt = self.model.encode_texts(candidates)
+            target = target[len(self.labels) :].to(img.device)
+            accuracy = (img @ txt.t()).argmax(dim=1).eq(target).float().mean()
+            loss = self._loss(img, prompts, self.model.logit_scale())
+        return float(loss), float(accuracy)
+
+    def _update(self, batch: list[Pair]) -> float | None:
+        """One optimizer step; skipped (weights untouched) on a non-finite loss or gradient."""
+        self.model.net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            img = self.model.encode_images(_pixels(batch))
+            loss = self._loss(img, self._prompts(batch), self.model.logit_scale())
+        value = float(loss.detach())
+        if not torch.isfinite(loss):
+            return None
+        loss.backward()
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        return value
+
+    def _loss(self, img: torch.Tensor, prompts: list[str], scale: torch.Tensor) -> torch.Tensor:
+        """img [B, D] and the B prompts -> the configured loss."""
+        if self.cfg.loss == "clip":
+            return losses.clip(img, self.model.encode_texts(prompts), scale)
+        if self.cfg.loss == "asymmetric":
+            texts, target = losses.unique_targets([*self.labels, *prompts])
+            target = target[len(self.labels) :].to(img.device)
+            return losses.asymmetric(img, self.model.encode_texts(texts), target, scale)
+        texts, target = losses.unique_targets(prompts)
+        return losses.sit(img, self.model.encode_texts(texts), target.to(img.device), scale)
+
+    def _prompts(self, batch: Sequence[Pair]) -> list[str]:
+        return [p.sample.prompt(self.cfg.prompt_template) for p in batch]
+
+    def _learn_labels(self, batch: Sequence[Pair]) -> None:
+        known = set(self.labels)
+        for pair in batch:
+            if pair.sample.label is not None:
+                prompt = pair.sample.prompt(self.cfg.prompt_template)
+                if prompt not in known:
+                    known.add(prompt)
+                    self.labels.append(prompt)
+
+    def _autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "weights": self.model.trainable_state(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "labels": list(self.labels),
+            "steps": self.steps,
+            "samples": self.samples,
+            "skipped_nonfinite": self.skipped_nonfinite,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_trainable_state(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.labels = list(state["labels"])
+        self.steps = int(state["steps"])
+        self.samples = int(state["samples"])
+        self.skipped_nonfinite = int(state["skipped_nonfinite"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def _pixels(batch: Sequence[Pair]) -> torch.Tensor:
+    return torch.stack([p.pixels for p in batch])  # [B, 3, H, W]

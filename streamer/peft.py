@@ -1,0 +1,134 @@
+"""Which parameters learn: LoRA adapters via torch parametrizations, the last blocks, or all.
+
+open_clip's attention keeps a fused `in_proj_weight` (nn.MultiheadAttention or its own
+Attention), which generic PEFT wrappers do not handle. A parametrization adds the low-rank
+delta to the weight itself, so attention code runs unchanged. B starts at zero: step 0 is
+exactly the base model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from streamer.config import PeftConfig
+
+
+class LoRADelta(nn.Module):
+    """W -> W + (alpha / rank) * B @ A, with A [rank, in] and B [out, rank] (B = 0 at init)."""
+
+    def __init__(
+        self, out_features: int, in_features: int, cfg: PeftConfig, generator: torch.Generator
+    ) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform(a=sqrt(5)) as nn.Linear
+        a = torch.empty(cfg.rank, in_features).uniform_(-bound, bound, generator=generator)
+        self.lora_A = nn.Parameter(a)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, cfg.rank))
+        self.scale = cfg.alpha / cfg.rank
+        # Parametrizations see weights, not activations: dropout acts on the A factor.
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.enabled = True
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
+        delta = self.lora_B @ self.dropout(self.lora_A)  # [out, in]
+        return weight + self.scale * delta.to(weight.dtype)
+
+
+def towers(net: nn.Module, which: str) -> list[nn.Module]:
+    """The image and/or text tower modules of an open_clip model."""
+    text = net.text if hasattr(net, "text") else _TextParts(net)
+    return {"both": [net.visual, text], "image": [net.visual], "text": [text]}[which]
+
+
+class _TextParts(nn.Module):
+    """A view of the text tower of open_clip's CLIP, whose parts sit on the model itself."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.transformer = net.transformer
+        self.token_embedding = net.token_embedding
+        self.ln_final = net.ln_final
+        self.owner = [net]  # a list, so the whole model is not registered as a child
+
+
+def _blocks(tower: nn.Module) -> list[nn.Module]:
+    return list(tower.transformer.resblocks)
+
+
+def _head(tower: nn.Module) -> list[nn.Module | nn.Parameter]:
+    """What follows the blocks: final norm and projection into the joint space."""
+    if isinstance(tower, _TextParts):
+        return [tower.ln_final, tower.owner[0].text_projection]
+    parts = (getattr(tower, "ln_post", None), getattr(tower, "proj", None))
+    return [p for p in parts if p is not None]
+
+
+def apply_peft(net: nn.Module, cfg: PeftConfig, seed: int) -> None:
+    """Freeze the model, then make the chosen parameters trainable (adding LoRA if asked)."""
+    net.requires_grad_(False)
+    chosen = towers(net, cfg.towers)
+    if cfg.mode == "lora":
+        generator = torch.Generator().manual_seed(seed)
+        for tower in chosen:
+            for block in _blocks(tower):
+                _add_lora(block.attn, cfg, generator)
+        return
+    for tower in chosen:
+        parts = [tower] if cfg.mode == "full" else _blocks(tower)[-cfg.last_blocks :]
+        if cfg.mode == "full" and isinstance(tower, _TextParts):
+            parts.append(tower.owner[0].positional_embedding)
+        for part in [*parts, *_head(tower)]:
+            part.requires_grad_(True)
+    if cfg.mode == "full":
+        net.logit_scale.requires_grad_(True)
+
+
+def _add_lora(attn: nn.Module, cfg: PeftConfig, generator: torch.Generator) -> None:
+    targets = [(attn, "in_proj_weight"), (attn.out_proj, "weight")]
+    for module, name in targets:
+        out_features, in_features = getattr(module, name).shape
+        delta = LoRADelta(out_features, in_features, cfg, generator)
+        parametrize.register_parametrization(module, name, delta, unsafe=True)
+
+
+def lora_modules(net: nn.Module) -> Iterator[LoRADelta]:
+    return (m for m in net.modules() if isinstance(m, LoRADelta))
+
+
+@contextmanager
+def adapters_disabled(net: nn.Module) -> Iterator[None]:
+    """Run the base model: every LoRA delta off for the duration."""
+    modules = list(lora_modules(net))
+    for m in modules:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.enabled = True
+
+
+def merged_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of plain open_clip: each LoRA delta folded into its weight.
+
+    Built by reading the parametrized weights, never by removing parametrizations (that
+    rewrites module classes shared with copies of the model).
+    """
+    was_training = net.training
+    net.eval()  # no dropout on the factors
+    state = {k: v for k, v in net.state_dict().items() if ".parametrizations." not in k}
+    with torch.no_grad():
+        for prefix, module in net.named_modules():
+            if parametrize.is_parametrized(module):
+                for name in module.parametrizations:
+                    state[f"{prefix}.{name}"] = getattr(module, name).detach().clone()
+    net.train(was_training)
+    return state

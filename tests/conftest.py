@@ -1,0 +1,39 @@
+"""Shared fixtures: the tiny model, real digit images, and small engines built from config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from streamer import datasets
+from streamer.config import Settings, StreamConfig
+from streamer.pipeline import Engine, build_engine
+from streamer.records import Sample
+
+torch.set_num_threads(2)  # the CI machine's size; also keeps CPU results reproducible
+
+
+def tiny_settings(**sections: dict[str, Any]) -> Settings:
+    """Tiny model, small batches; keyword arguments override whole config sections' fields."""
+    base: dict[str, dict[str, Any]] = {
+        "model": {"arch": "streamer-tiny"},
+        "learner": {"batch_size": 16, "replay_per_step": 8, "steps_per_batch": 2},
+        "replay": {"capacity": 200},
+        "evaluation": {"probe_fraction": 0.1, "eval_every": 64, "probe_per_window": 32},
+    }
+    for name, fields in sections.items():
+        base.setdefault(name, {}).update(fields)
+    return Settings.model_validate(base)
+
+
+@pytest.fixture(scope="session")
+def digit_stream() -> list[Sample]:
+    """All 1,797 scikit-learn digits as PNG records, two class-incremental tasks."""
+    return list(datasets.stream(StreamConfig(dataset="digits", tasks=2, seed=0)))
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return build_engine(tiny_settings())
