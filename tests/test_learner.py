@@ -1,0 +1,98 @@
+"""The learner: test-then-train, the non-finite guard, exact resumption from state."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from streamer.pipeline import build_engine, run_stream
+from streamer.records import Pair
+
+from .conftest import tiny_settings
+
+
+def _pairs(engine, samples) -> list[Pair]:
+    return [engine.to_pair(s) for s in samples]
+
+
+def test_step_scores_the_fresh_batch_before_learning_from_it(digit_stream):
+    engine = build_engine(tiny_settings())
+    batch = _pairs(engine, digit_stream[:16])
+    engine.learner.step(batch)  # so the label set is not empty
+    expected = engine.learner.score(batch)
+    result = engine.learner.step(batch)
+    assert (result.prequential_loss, result.prequential_accuracy) == pytest.approx(expected)
+    assert result.updates == 2 and result.samples == 16 and result.step == 2
+    assert engine.learner.score(batch)[0] < result.prequential_loss  # it learned from it
+    assert len(engine.replay) == 32
+
+
+def test_replayed_samples_are_mixed_into_every_update(digit_stream):
+    engine = build_engine(tiny_settings(learner={"replay_per_step": 8}))
+    seen_batches: list[int] = []
+    original = engine.learner._update
+    engine.learner._update = lambda batch: seen_batches.append(len(batch)) or original(batch)
+    engine.learner.step(_pairs(engine, digit_stream[:16]))
+    engine.learner.step(_pairs(engine, digit_stream[16:32]))
+    assert seen_batches == [16, 16, 24, 24]  # empty buffer first, then 8 replayed per step
+
+
+def test_nonfinite_loss_skips_the_update_and_leaves_weights_untouched(digit_stream):
+    engine = build_engine(tiny_settings())
+    engine.learner.step(_pairs(engine, digit_stream[:16]))
+    before = engine.model.trainable_state()
+    optimizer_before = engine.learner.optimizer.state_dict()["state"][0]["step"].item()
+    poisoned = _pairs(engine, digit_stream[16:32])
+    poisoned[3] = Pair(poisoned[3].sample, torch.full_like(poisoned[3].pixels, float("nan")))
+    result = engine.learner.step(poisoned)
+    assert result.skipped_nonfinite == 2 and result.updates == 0
+    assert engine.learner.skipped_nonfinite == 2
+    after = engine.model.trainable_state()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert engine.learner.optimizer.state_dict()["state"][0]["step"].item() == optimizer_before
+    healthy = engine.learner.step(_pairs(engine, digit_stream[32:48]))
+    assert healthy.updates == 2 and healthy.skipped_nonfinite == 0
+
+
+def test_nonfinite_gradient_alone_is_caught(digit_stream):
+    engine = build_engine(tiny_settings())
+    before = engine.model.trainable_state()
+    param = next(iter(engine.model.trainable_parameters().values()))
+    handle = param.register_hook(lambda g: torch.full_like(g, float("inf")))
+    result = engine.learner.step(_pairs(engine, digit_stream[:16]))
+    handle.remove()
+    assert result.skipped_nonfinite == 2
+    after = engine.model.trainable_state()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _checkpoint_round_trip(state: dict) -> dict:
+    """As a checkpoint would: torch.save, then torch.load with weights_only=True."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_state_round_trip_gives_bit_identical_continuation(digit_stream):
+    settings = tiny_settings(
+        evaluation={"eval_every": 48, "probe_fraction": 0.2},
+        model={"arch": "streamer-tiny", "peft": {"mode": "lora", "dropout": 0.1}},
+    )
+    first, rest = digit_stream[:160], digit_stream[160:320]
+    straight = build_engine(settings)
+    run_stream(straight, first, batch_size=16)
+    state = _checkpoint_round_trip(straight.state_dict())
+    resumed = build_engine(settings)
+    resumed.load_state_dict(state)  # also sets the global RNG, as a restarted process would
+    report_a = run_stream(straight, rest, batch_size=16)
+    torch.set_rng_state(state["learner"]["torch_rng"])  # both runs share this process's RNG
+    report_b = run_stream(resumed, rest, batch_size=16)
+    a, b = straight.model.trainable_state(), resumed.model.trainable_state()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert repr(report_a) == repr(report_b)  # repr: NaN figures compare equal
+    assert straight.replay.state_dict() == resumed.replay.state_dict()
+    assert straight.evaluator.state_dict() == resumed.evaluator.state_dict()
+    assert straight.learner.steps == resumed.learner.steps
