@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class Section(BaseModel):
@@ -132,7 +132,83 @@ class StreamConfig(Section):
     seed: int = Field(0, description="Seed of the class order and shuffles.")
 
 
+class KafkaConfig(Section):
+    bootstrap_servers: tuple[str, ...] = Field(
+        ("127.0.0.1:9092",), min_length=1, description="Broker host:port list."
+    )
+    topic: str = Field("streamer-pairs", min_length=1, description="Topic of image-text pairs.")
+    group_id: str = Field("streamer", min_length=1, description="Consumer group.")
+    client_id: str = Field("streamer", description="Client id shown by the broker.")
+    dlq_topic: str | None = Field(None, description="Dead-letter topic; default <topic>.dlq.")
+    codec: Literal["json", "raw"] = Field("json", description="Record value format.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where to start without a committed offset, or when out of range."
+    )
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1_000, description="Group eviction limit between polls (also rebalance time)."
+    )
+    session_timeout_ms: int = Field(45_000, ge=1_000, description="Heartbeat session timeout.")
+    heartbeat_interval_ms: int = Field(3_000, ge=100, description="Heartbeat interval.")
+    queue_records: int = Field(
+        2_048, ge=1, description="Decoded records buffered ahead of training; polling pauses above."
+    )
+    linger_ms: int = Field(200, ge=0, description="Wait for a full batch at most this long.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Transport security."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism."
+    )
+    sasl_username: str | None = Field(None, description="SASL user.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+
+class RecordConfig(Section):
+    max_record_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest record value.")
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest encoded image.")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest width x height (bombs).")
+    formats: tuple[Literal["JPEG", "PNG", "WEBP"], ...] = Field(
+        ("JPEG", "PNG", "WEBP"), min_length=1, description="Accepted image formats."
+    )
+    max_text_chars: int = Field(1_000, ge=1, description="Longest caption.")
+    image_root: Path | None = Field(
+        None, description="Directory that file:// image_uri values must lie under (else refused)."
+    )
+
+
+class DeadLetterConfig(Section):
+    max_share: float = Field(
+        0.5, gt=0, le=1, description="Stop when more than this share of a window is invalid."
+    )
+    window: int = Field(1_000, ge=10, description="Records in the share's sliding window.")
+
+
+class CheckpointConfig(Section):
+    dir: Path = Field(Path("checkpoints"), description="Checkpoint directory (a volume).")
+    every_steps: int = Field(200, ge=1, description="Checkpoint after this many steps...")
+    every_seconds: float = Field(300.0, gt=0, description="...or this many seconds.")
+    keep: int = Field(3, ge=1, description="Checkpoints kept.")
+
+
+class DaemonConfig(Section):
+    grace_seconds: float = Field(
+        60.0, gt=0, description="Time to finish a step, checkpoint and commit after SIGTERM."
+    )
+    retry_backoff_seconds: float = Field(1.0, gt=0, description="First broker retry delay.")
+    retry_backoff_max_seconds: float = Field(30.0, gt=0, description="Longest retry delay.")
+
+
 class Settings(Section):
+    kafka: KafkaConfig = KafkaConfig()
+    records: RecordConfig = RecordConfig()
+    dead_letter: DeadLetterConfig = DeadLetterConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    daemon: DaemonConfig = DaemonConfig()
     model: ModelConfig = ModelConfig()
     learner: LearnerConfig = LearnerConfig()
     replay: ReplayConfig = ReplayConfig()

@@ -25,7 +25,10 @@ class ImageLimits:
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
 
 
-def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+DEFAULT_LIMITS = ImageLimits()
+
+
+def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
     """Decode and convert to RGB (grayscale and alpha flattened)."""
     if not data:
         raise DecodeError("empty_image")

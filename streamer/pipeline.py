@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -10,12 +11,19 @@ from typing import Any
 import torch
 
 from streamer.config import Settings
-from streamer.decode import decode_image
+from streamer.decode import DEFAULT_LIMITS, ImageLimits, decode_image
 from streamer.evaluate import EvalReport, Evaluator
 from streamer.learner import Learner, resolve_device
 from streamer.model import ClipModel
 from streamer.records import Pair, Sample, StepResult
 from streamer.replay import ReplayBuffer
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: StepResult | None  # None when the whole batch was held out as probes
+    report: EvalReport | None  # an evaluation, when one was due
+    probes: int
 
 
 @dataclass
@@ -27,6 +35,22 @@ class Engine:
 
     def to_pair(self, sample: Sample) -> Pair:
         return pair_of(self.model, sample)
+
+    def learn(self, pairs: Sequence[Pair]) -> Outcome:
+        """Hold out the probe slice; test-then-train on the rest; evaluate when due."""
+        train = []
+        for pair in pairs:
+            if self.evaluator.is_probe(pair.sample):
+                self.evaluator.add_probe(pair.sample)
+            else:
+                train.append(pair)
+        if not train:
+            return Outcome(None, None, probes=len(pairs))
+        labels = self.learner.labels
+        boundary = self.evaluator.before_step([p.sample for p in train], labels)  # row closes
+        result = self.learner.step(train)
+        periodic = self.evaluator.after_step(result, self.learner.labels)
+        return Outcome(result, periodic or boundary, probes=len(pairs) - len(train))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -52,30 +76,15 @@ def build_engine(settings: Settings) -> Engine:
     return Engine(model, replay, learner, evaluator)
 
 
-def pixels_of(model: ClipModel, sample: Sample) -> torch.Tensor:
+def pixels_of(
+    model: ClipModel, sample: Sample, limits: ImageLimits = DEFAULT_LIMITS
+) -> torch.Tensor:
     """Encoded image -> the model's input tensor [3, H, W]."""
-    return model.pixels(decode_image(sample.image))
+    return model.pixels(decode_image(sample.image, limits))
 
 
-def pair_of(model: ClipModel, sample: Sample) -> Pair:
-    return Pair(sample, pixels_of(model, sample))
-
-
-def training_batches(
-    samples: Iterable[Sample], evaluator: Evaluator, batch_size: int
-) -> Iterator[list[Sample]]:
-    """Route probes to the evaluator; yield batches of `batch_size` samples to train on."""
-    batch: list[Sample] = []
-    for sample in samples:
-        if evaluator.is_probe(sample):
-            evaluator.add_probe(sample)
-            continue
-        batch.append(sample)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def pair_of(model: ClipModel, sample: Sample, limits: ImageLimits = DEFAULT_LIMITS) -> Pair:
+    return Pair(sample, pixels_of(model, sample, limits))
 
 
 def run_stream(
@@ -84,12 +93,10 @@ def run_stream(
     batch_size: int,
     on_step: Callable[[StepResult, EvalReport | None], None] | None = None,
 ) -> EvalReport:
-    """Prequential loop: evaluate on window change, score then learn each batch, report."""
-    learner, evaluator = engine.learner, engine.evaluator
-    for batch in training_batches(samples, evaluator, batch_size):
-        boundary = evaluator.before_step(batch, learner.labels)  # row of the window just ended
-        result = learner.step([engine.to_pair(s) for s in batch])
-        periodic = evaluator.after_step(result, learner.labels)
-        if on_step is not None:
-            on_step(result, periodic or boundary)
-    return evaluator.evaluate(learner.labels)
+    """The prequential loop over an in-process stream; a final evaluation at the end."""
+    iterator = iter(samples)
+    while chunk := list(itertools.islice(iterator, batch_size)):
+        outcome = engine.learn([engine.to_pair(s) for s in chunk])
+        if on_step is not None and outcome.result is not None:
+            on_step(outcome.result, outcome.report)
+    return engine.evaluator.evaluate(engine.learner.labels)

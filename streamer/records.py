@@ -46,3 +46,16 @@ class StepResult:
     seconds: float
     lr: float
     logit_scale: float
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A Kafka record as fetched, before any validation."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int = 0

@@ -1,0 +1,137 @@
+"""Record values to Samples: the `json` and `raw` codecs, validated; failures carry a reason.
+
+json: UTF-8 JSON object with `text` and exactly one of `image` (base64 JPEG/PNG/WebP) or
+`image_uri` (file:// under the configured root); optional `id`, `label`, `task`, `ts`.
+raw: the value is the image bytes; `text`, `label`, `task`, `id`, `ts` are headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streamer.config import RecordConfig
+from streamer.decode import DecodeError, ImageLimits
+from streamer.records import RawRecord, Sample
+
+
+class JsonRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    text: str = Field(min_length=1)
+    image: str | None = None
+    image_uri: str | None = None
+    id: str | None = Field(None, min_length=1, max_length=512)
+    label: str | None = Field(None, min_length=1, max_length=512)
+    task: str | None = Field(None, min_length=1, max_length=128)
+    ts: float | None = None
+
+
+def image_limits(cfg: RecordConfig) -> ImageLimits:
+    return ImageLimits(cfg.max_image_bytes, cfg.max_pixels, tuple(cfg.formats))
+
+
+def parse(raw: RawRecord, codec: str, cfg: RecordConfig) -> Sample:
+    """Validate a record's envelope; the image stays encoded (decoded later, with limits)."""
+    if not raw.value:
+        raise DecodeError("empty_value")
+    if len(raw.value) > cfg.max_record_bytes:
+        raise DecodeError("record_too_large", f"{len(raw.value)} > {cfg.max_record_bytes}")
+    fields = _json_fields(raw, cfg) if codec == "json" else _raw_fields(raw)
+    text = fields["text"].strip()
+    if not text:
+        raise DecodeError("empty_text")
+    if len(text) > cfg.max_text_chars:
+        raise DecodeError("text_too_long", f"{len(text)} > {cfg.max_text_chars} characters")
+    return Sample(
+        id=fields.get("id") or f"{raw.topic}-{raw.partition}-{raw.offset}",
+        image=fields["image"],
+        text=text,
+        label=fields.get("label"),
+        task=fields.get("task"),
+        ts=fields["ts"] if fields.get("ts") is not None else raw.timestamp_ms / 1000.0,
+    )
+
+
+def _json_fields(raw: RawRecord, cfg: RecordConfig) -> dict[str, Any]:
+    try:
+        data = json.loads(raw.value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError("not_json", str(exc)[:200]) from exc
+    if not isinstance(data, dict):
+        raise DecodeError("not_json_object", type(data).__name__)
+    try:
+        record = JsonRecord.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "record"
+        reason = "missing_field" if first["type"] == "missing" else "invalid_field"
+        raise DecodeError(reason, f"{where}: {first['msg']}") from exc
+    if (record.image is None) == (record.image_uri is None):
+        raise DecodeError("image_choice", "exactly one of image or image_uri is required")
+    image = _base64(record.image) if record.image is not None else _read_uri(record, cfg)
+    return {**record.model_dump(exclude={"image", "image_uri"}), "image": image}
+
+
+def _base64(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DecodeError("bad_base64", str(exc)[:200]) from exc
+
+
+def _read_uri(record: JsonRecord, cfg: RecordConfig) -> bytes:
+    uri = urlparse(record.image_uri or "")
+    if uri.scheme != "file" or uri.netloc not in ("", "localhost"):
+        raise DecodeError("uri_scheme", "only file:// image_uri values are accepted")
+    if cfg.image_root is None:
+        raise DecodeError("uri_outside_root", "no records.image_root is configured")
+    root = cfg.image_root.resolve()
+    path = Path(unquote(uri.path)).resolve()  # resolves .. and symlinks before the check
+    if not path.is_relative_to(root):
+        raise DecodeError("uri_outside_root", f"{path} is not under {root}")
+    try:
+        size = path.stat().st_size
+        if size > cfg.max_image_bytes:
+            raise DecodeError("image_too_large", f"{size} > {cfg.max_image_bytes}")
+        return path.read_bytes()
+    except OSError as exc:
+        raise DecodeError("uri_unreadable", str(exc)[:200]) from exc
+
+
+def _raw_fields(raw: RawRecord) -> dict[str, Any]:
+    headers = {}
+    for key, value in raw.headers:
+        try:
+            headers[key] = value.decode("utf-8") if value is not None else None
+        except UnicodeDecodeError as exc:
+            raise DecodeError("invalid_field", f"header {key} is not UTF-8") from exc
+    if "text" not in headers:
+        raise DecodeError("missing_field", "text header is required")
+    try:
+        ts = float(headers["ts"]) if headers.get("ts") else None
+    except ValueError as exc:
+        raise DecodeError("invalid_field", "ts header is not a number") from exc
+    return {**{k: headers.get(k) or None for k in ("id", "label", "task")},
+            "text": headers["text"], "image": raw.value, "ts": ts}  # fmt: skip
+
+
+def encode_json(sample: Sample) -> bytes:
+    """The json codec's value for a sample (what `streamer produce` sends)."""
+    image = base64.b64encode(sample.image).decode("ascii")
+    body = {"text": sample.text, "image": image, "id": sample.id, "label": sample.label,
+            "task": sample.task, "ts": sample.ts}  # fmt: skip
+    return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+
+
+def encode_raw(sample: Sample) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The raw codec's value and headers for a sample."""
+    fields = {"text": sample.text, "id": sample.id, "label": sample.label, "task": sample.task,
+              "ts": repr(sample.ts)}  # fmt: skip
+    return sample.image, [(k, v.encode()) for k, v in fields.items() if v is not None]
