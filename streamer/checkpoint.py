@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 import torch
 from safetensors.torch import load_file, save_file
 
 from streamer.config import CheckpointConfig
 
 PREFIX = "ckpt-"
+log = structlog.get_logger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -44,7 +46,10 @@ class Checkpointer:
         self._last_time = clock()
         self._last_step = 0
         cfg.dir.mkdir(parents=True, exist_ok=True)
-        for stale in cfg.dir.glob(f".tmp-{PREFIX}*"):  # a crash mid-write leaves these
+
+    def discard_partial(self) -> None:
+        """Remove temp dirs a crash mid-write left behind (only the writer may do this)."""
+        for stale in self.cfg.dir.glob(f".tmp-{PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
 
     def due(self, step: int) -> bool:
@@ -80,21 +85,13 @@ class Checkpointer:
         return ckpt_id
 
     def latest(self) -> Checkpoint | None:
-        """The newest readable checkpoint (an unreadable one is skipped, never half-used)."""
-        for path in reversed(self._complete()):
-            try:
-                meta = json.loads((path / "meta.json").read_text())
-                weights = load_file(str(path / "weights.safetensors"))
-                state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-            except (OSError, ValueError, RuntimeError) as exc:
-                print(f"checkpoint {path} unreadable, trying an older one: {exc}")
-                continue
-            self._last_step = int(meta.get("step", 0))
-            return Checkpoint(meta["id"], path, meta, weights, state)
-        return None
+        checkpoint = load_latest(self.cfg.dir)
+        if checkpoint is not None:
+            self._last_step = int(checkpoint.meta.get("step", 0))
+        return checkpoint
 
     def _complete(self) -> list[Path]:
-        return sorted(p for p in self.cfg.dir.glob(f"{PREFIX}*") if (p / "meta.json").exists())
+        return complete_checkpoints(self.cfg.dir)
 
     def _next_number(self) -> int:
         existing = self._complete()
@@ -103,6 +100,26 @@ class Checkpointer:
     def _prune(self) -> None:
         for old in self._complete()[: -self.cfg.keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def complete_checkpoints(directory: Path) -> list[Path]:
+    return sorted(p for p in Path(directory).glob(f"{PREFIX}*") if (p / "meta.json").exists())
+
+
+def load_latest(directory: Path) -> Checkpoint | None:
+    """The newest readable checkpoint (an unreadable one is skipped, never half-used)."""
+    for path in reversed(complete_checkpoints(directory)):
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            weights = load_file(str(path / "weights.safetensors"))
+            state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning(
+                "checkpoint unreadable; trying an older one", path=str(path), error=str(exc)
+            )
+            continue
+        return Checkpoint(meta["id"], path, meta, weights, state)
+    return None
 
 
 def _fsync(path: Path) -> None:

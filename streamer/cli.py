@@ -56,6 +56,41 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace):
+    return load_settings(args.config, _overrides(args.set))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The daemon: consume, learn, checkpoint, commit, until SIGTERM."""
+    from streamer.daemon import Daemon
+
+    return Daemon(_settings(args)).run()
+
+
+def broker(args: argparse.Namespace) -> int:
+    """The embedded Kafka-compatible broker, in the foreground."""
+    from streamer.broker import EmbeddedBroker
+
+    with EmbeddedBroker(args.port) as embedded:
+        print(f"broker listening on {embedded.bootstrap} (memory only; Ctrl-C stops it)")
+        try:
+            return embedded.wait()
+        except KeyboardInterrupt:
+            return 0
+
+
+def produce(args: argparse.Namespace) -> int:
+    """Publish a dataset stream (the config's stream section) to the config's topic."""
+    from streamer.sink import publish
+
+    settings = _settings(args)
+    samples = datasets.stream(settings.stream)
+    ends = publish(settings.kafka, samples, args.rate, args.partitions)
+    total = sum(ends.values())
+    print(f"published {total} records to {settings.kafka.topic}: {dict(sorted(ends.items()))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
@@ -66,6 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--out", type=Path, help="directory for summary.txt / summary.json")
     sim.add_argument("--every", type=int, default=20, help="progress line every N steps")
     sim.set_defaults(handler=simulate)
+    for name, handler, text in (
+        ("run", run, "run the daemon: learn from the configured topic"),
+        ("produce", produce, "publish a dataset stream to the configured topic"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--config", type=Path, required=True)
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        sub.set_defaults(handler=handler)
+        if name == "produce":
+            sub.add_argument("--rate", type=float, help="records per second (default: all at once)")
+            sub.add_argument("--partitions", type=int, default=1, help="when creating the topic")
+    brk = commands.add_parser("broker", help="start the embedded Kafka-compatible broker")
+    brk.add_argument("--port", type=int, default=9092)
+    brk.set_defaults(handler=broker)
     args = parser.parse_args(argv)
     return args.handler(args)
 

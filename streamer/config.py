@@ -6,6 +6,7 @@ reject unknown keys, so a typo in a config file is an error that names the field
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -229,3 +230,8 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
             node = node.setdefault(key, {})
         node[leaf] = value
     return Settings.model_validate(data)
+
+
+def config_hash(settings: Settings) -> str:
+    """A short, stable fingerprint of the effective config (secrets are masked in the dump)."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]

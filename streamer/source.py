@@ -75,6 +75,7 @@ class KafkaSource:
         self.cfg = cfg
         self._decode = decode
         self.start_offsets = dict(start_offsets)  # from the checkpoint
+        self.last_committed: dict[Partition, int] = {}  # our successful commits
         self._backoff = backoff
         self._raw: queue.Queue[tuple[RawRecord, int] | None] = queue.Queue()
         self._ready: queue.Queue[tuple[Item, int]] = queue.Queue()
@@ -126,6 +127,7 @@ class KafkaSource:
         try:
             with self._lock:  # kafka-python 3 runs this on its IO loop; one commit at a time
                 consumer.commit(payload, timeout_ms=10_000)
+            self.last_committed.update(offsets)
             return True
         except (KafkaError, OSError) as exc:
             log.warning("commit failed; the next checkpoint retries", error=str(exc))
@@ -231,7 +233,7 @@ class _Listener(AsyncConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked) -> None:
         partitions = {(tp.topic, tp.partition) for tp in revoked}
-        if not partitions:
+        if not partitions or self.source._stop.is_set():  # closing: already checkpointed
             return
         self.source._drop(partitions)
         request = Revocation(partitions)
@@ -253,11 +255,35 @@ class _Listener(AsyncConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned) -> None:
         committed = await self._coordinator.fetch_committed_offsets_async(set(assigned))
         for tp in assigned:
-            ours = self.source.start_offsets.get((tp.topic, tp.partition))
             theirs = committed.get(tp).offset if committed.get(tp) is not None else None
-            known = [o for o in (ours, theirs) if o is not None and o >= 0]
-            if known:  # resume after whatever is further: our checkpoint or the group's commit
-                self.consumer.seek(tp, max(known))
+            target = self._resume_offset((tp.topic, tp.partition), theirs)
+            # Always position explicitly: kafka-python keeps the fetch position of a partition
+            # assigned again, and records fetched past our accounting were dropped.
+            if target is not None:
+                self.consumer.seek(tp, target)
+            elif self.source.cfg.auto_offset_reset == "earliest":
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek_to_end(tp)
         self.source.assigned |= {(tp.topic, tp.partition) for tp in assigned}
         self.source.rebalances += 1
         log.info("partitions assigned", partitions=sorted(self.source.assigned))
+
+    def _resume_offset(self, partition: Partition, theirs: int | None) -> int | None:
+        """Where to resume: after our checkpoint or the group's commit, whichever is further.
+
+        A group commit below our own last commit means the broker lost or reset it (topic
+        recreated, offsets reset by an operator, a memory-only broker restarted): follow the
+        broker, and its reset policy when it has no offset.
+        """
+        ours = self.source.start_offsets.get(partition)
+        ours_committed = self.source.last_committed.get(partition)
+        if ours_committed is not None and (theirs is None or theirs < ours_committed):
+            log.warning("group offset went back; following the broker", partition=partition,
+                        committed=theirs, ours=ours_committed,
+                        reset=self.source.cfg.auto_offset_reset)  # fmt: skip
+            self.source.start_offsets.pop(partition, None)
+            self.source.last_committed.pop(partition, None)
+            return theirs
+        known = [o for o in (ours, theirs) if o is not None and o >= 0]
+        return max(known) if known else None

@@ -1,0 +1,215 @@
+"""The daemon: Kafka in, checkpointed online learning out; nothing lost or trained twice.
+
+Offsets advance only for records fully accounted for (trained, held out as probes, or
+dead-lettered); a checkpoint holds them with the model, and only a durable checkpoint's
+offsets are committed. So after any crash, model state and consumed position agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from streamer import codec
+from streamer.checkpoint import Checkpointer, CheckpointError
+from streamer.config import Settings, config_hash
+from streamer.pipeline import Engine, Outcome, build_engine, pair_of
+from streamer.records import Pair, RawRecord
+from streamer.sink import DeadLetterError, DeadLetters
+from streamer.source import Item, KafkaSource, Partition
+
+log = structlog.get_logger(__name__)
+
+
+class DeadLetterFlood(RuntimeError):
+    """Too large a share of recent records is invalid: a broken producer, not bad luck."""
+
+
+def id_hash(sample_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(sample_id.encode(), digest_size=8).digest(), "big")
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine | None = None,
+        on_step: Callable[[Outcome, Daemon], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or build_engine(settings)
+        self.checkpointer = Checkpointer(settings.checkpoint)
+        self.dead_letters = DeadLetters(settings.kafka)
+        self.on_step = on_step
+        self.offsets: dict[Partition, int] = {}  # next offset per partition, accounted for
+        self.counts: Counter[str] = Counter()  # trained, probes, dead_lettered, invalid:<reason>
+        self.digest = 0  # sum of id hashes of trained and probe records, mod 2**64
+        self.state = "starting"
+        self.stop = threading.Event()
+        self.last_checkpoint: str | None = None
+        self.last_step_time: float | None = None
+        self._invalid = deque(maxlen=settings.dead_letter.window)
+        self._dirty: set[Partition] = set()  # advanced since the last checkpoint
+        self._signals = 0
+        self.source: KafkaSource | None = None
+
+    # -- the run loop --------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signal_handlers()
+        self._restore()  # weights, optimizer, replay, evaluator, offsets
+        kafka, daemon = self.settings.kafka, self.settings.daemon
+        backoff = (daemon.retry_backoff_seconds, daemon.retry_backoff_max_seconds)
+        self.source = KafkaSource(kafka, self._decode, self.offsets, backoff)
+        self.source.start()
+        self.state = "running"
+        try:
+            while not self.stop.is_set():
+                items = self.source.get(self.settings.learner.batch_size, kafka.linger_ms / 1000)
+                self._process(items)  # dead-letter the refused, hold out probes, train the rest
+                self._handle_revocation()  # partitions leaving: checkpoint and commit them first
+                if self.checkpointer.due(self.engine.learner.steps) and self._dirty:
+                    self.checkpoint_and_commit()
+            self.state = "draining"
+            self.checkpoint_and_commit()  # a graceful stop loses nothing
+            return 0
+        except (DeadLetterFlood, DeadLetterError, CheckpointError) as exc:
+            self.state = "failed"  # nothing past the last checkpoint is committed
+            log.error("stopping without committing", error=str(exc), reason=type(exc).__name__)
+            return 1
+        finally:
+            self.source.close()
+            self.dead_letters.close()
+
+    def _process(self, items: list[Item]) -> None:
+        pairs: list[Pair] = []
+        for item in items:
+            self._invalid.append(item.error is not None)
+            if item.error is not None:
+                self._dead_letter(item)
+            else:
+                pairs.append(item.pair)
+        self._check_flood()
+        if pairs:
+            outcome = self.engine.learn(pairs)
+            self._account(pairs, outcome)
+        for item in items:
+            self.offsets[item.partition] = item.raw.offset + 1
+            self._dirty.add(item.partition)
+
+    def _account(self, pairs: list[Pair], outcome: Outcome) -> None:
+        for pair in pairs:
+            self.digest = (self.digest + id_hash(pair.sample.id)) % 2**64
+        self.counts["probes"] += outcome.probes
+        self.counts["trained"] += len(pairs) - outcome.probes
+        if outcome.result is not None:
+            self.last_step_time = time.time()
+            if self.on_step is not None:
+                self.on_step(outcome, self)
+
+    def _dead_letter(self, item: Item) -> None:
+        self.dead_letters.send(item.raw, item.error.reason, item.error.detail)
+        self.counts["dead_lettered"] += 1
+        self.counts[f"invalid:{item.error.reason}"] += 1
+        log.warning(
+            "record refused", reason=item.error.reason, detail=item.error.detail[:200],
+            topic=item.raw.topic, partition=item.raw.partition, offset=item.raw.offset,
+        )  # fmt: skip
+
+    def _check_flood(self) -> None:
+        window, limit = self._invalid, self.settings.dead_letter.max_share
+        if len(window) == window.maxlen and sum(window) / len(window) > limit:
+            raise DeadLetterFlood(
+                f"{sum(window)} of the last {len(window)} records were invalid "
+                f"(limit {limit:.0%}); fix the producer or raise dead_letter.max_share"
+            )
+
+    def _decode(self, raw: RawRecord) -> Pair:
+        """Runs on the source's decode thread: envelope, then image, both with limits."""
+        records = self.settings.records
+        sample = codec.parse(raw, self.settings.kafka.codec, records)
+        return pair_of(self.engine.model, sample, codec.image_limits(records))
+
+    # -- checkpoints and offsets ---------------------------------------------------------
+    def checkpoint_and_commit(self, extra: set[Partition] = frozenset()) -> None:
+        """Dead letters durable, then the checkpoint, then (only then) the offsets."""
+        self.dead_letters.flush()
+        state = self.engine.state_dict()
+        weights = state["learner"].pop("weights")
+        state["daemon"] = self._daemon_state()
+        meta = {
+            "step": self.engine.learner.steps,
+            "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.offsets.items())},
+            "counts": dict(self.counts),
+            "digest": str(self.digest),
+            "config_hash": config_hash(self.settings),
+        }
+        self.last_checkpoint = self.checkpointer.save(weights, state, meta)
+        self._dirty.clear()
+        if self.source is not None:
+            self.source.start_offsets.update(self.offsets)
+            owned = self.source.assigned | set(extra)
+            mine = {p: o for p, o in self.offsets.items() if p in owned}
+            self.counts["commit_failures"] += not self.source.commit(mine, self.last_checkpoint)
+        log.info("checkpoint", id=self.last_checkpoint, step=meta["step"], offsets=meta["offsets"])
+
+    def _daemon_state(self) -> dict[str, Any]:
+        return {
+            "offsets": {f"{t}:{p}": o for (t, p), o in self.offsets.items()},
+            "counts": dict(self.counts),
+            "digest": str(self.digest),
+        }
+
+    def _restore(self) -> None:
+        self.state = "restoring"
+        self.checkpointer.discard_partial()
+        checkpoint = self.checkpointer.latest()
+        if checkpoint is None:
+            log.info("no checkpoint; starting from the base model")
+            return
+        state = checkpoint.state
+        state["learner"]["weights"] = checkpoint.weights
+        self.engine.load_state_dict(state)
+        daemon = state["daemon"]
+        self.offsets = {
+            (key.rsplit(":", 1)[0], int(key.rsplit(":", 1)[1])): int(o)
+            for key, o in daemon["offsets"].items()
+        }
+        self.counts = Counter({k: int(v) for k, v in daemon["counts"].items()})
+        self.digest = int(daemon["digest"])
+        self.last_checkpoint = checkpoint.id
+        log.info("restored", id=checkpoint.id, step=self.engine.learner.steps)
+
+    def _handle_revocation(self) -> None:
+        revocation = self.source.pending_revocation()
+        if revocation is None or revocation.done.is_set():
+            return
+        if revocation.partitions & self._dirty:
+            self.checkpoint_and_commit(extra=revocation.partitions)
+        revocation.done.set()
+
+    # -- signals -------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        """First signal: finish the step, checkpoint, commit, exit. Second: exit at once."""
+        self._signals += 1
+        if self._signals > 1:
+            os._exit(128 + signum)
+        log.info("stopping", signal=signal.Signals(signum).name)
+        self.stop.set()
+        grace = self.settings.daemon.grace_seconds
+        timer = threading.Timer(grace, lambda: os._exit(1))  # past the grace, do not linger
+        timer.daemon = True
+        timer.start()
