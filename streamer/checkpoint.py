@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -113,7 +114,14 @@ def load_latest(directory: Path) -> Checkpoint | None:
             meta = json.loads((path / "meta.json").read_text())
             weights = load_file(str(path / "weights.safetensors"))
             state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            RuntimeError,
+            EOFError,
+            pickle.UnpicklingError,
+        ) as exc:
             log.warning(
                 "checkpoint unreadable; trying an older one", path=str(path), error=str(exc)
             )
