@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
 
 demo: $(STAMP)
-	$(BIN)/streamer simulate --config configs/demo.yaml --out demo-out
+	$(BIN)/streamer demo --config configs/demo.yaml --out demo-out
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,17 @@ def produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo(args: argparse.Namespace) -> int:
+    """The main job end to end on the embedded broker with real data."""
+    from streamer.demo import run_demo
+
+    return run_demo(_settings(args), args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # kafka-python 3 loads its protocol schemas with a deprecated importlib API.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"kafka\..*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"importlib\..*")
     parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--every", type=int, default=20, help="progress line every N steps")
     sim.set_defaults(handler=simulate)
     for name, handler, text in (
+        ("demo", demo, "the daemon end to end on the embedded broker with real data"),
         ("run", run, "run the daemon: learn from the configured topic"),
         ("produce", produce, "publish a dataset stream to the configured topic"),
     ):
@@ -109,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--config", type=Path, required=True)
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         sub.set_defaults(handler=handler)
+        if name == "demo":
+            sub.add_argument("--out", type=Path, default=Path("demo-out"))
         if name == "produce":
             sub.add_argument("--rate", type=float, help="records per second (default: all at once)")
             sub.add_argument("--partitions", type=int, default=1, help="when creating the topic")

@@ -204,8 +204,20 @@ class DaemonConfig(Section):
     retry_backoff_max_seconds: float = Field(30.0, gt=0, description="Longest retry delay.")
 
 
+class MetricsConfig(Section):
+    host: str = Field("0.0.0.0", description="Address of /metrics, /healthz, /readyz.")
+    port: int = Field(9100, ge=0, le=65535, description="Port (0 = any free port).")
+    stall_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="/healthz fails after this long without a poll, or without "
+        "a step while records wait.",
+    )
+
+
 class Settings(Section):
     kafka: KafkaConfig = KafkaConfig()
+    metrics: MetricsConfig = MetricsConfig()
     records: RecordConfig = RecordConfig()
     dead_letter: DeadLetterConfig = DeadLetterConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()

@@ -17,10 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from streamer import codec
 from streamer.checkpoint import Checkpointer, CheckpointError
 from streamer.config import Settings, config_hash
+from streamer.metrics import HealthServer, Metrics, describe_build, observe_source
 from streamer.pipeline import Engine, Outcome, build_engine, pair_of
 from streamer.records import Pair, RawRecord
 from streamer.sink import DeadLetterError, DeadLetters
@@ -43,8 +45,11 @@ class Daemon:
         settings: Settings,
         engine: Engine | None = None,
         on_step: Callable[[Outcome, Daemon], None] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.state = "starting"
         self.engine = engine or build_engine(settings)
         self.checkpointer = Checkpointer(settings.checkpoint)
         self.dead_letters = DeadLetters(settings.kafka)
@@ -52,18 +57,27 @@ class Daemon:
         self.offsets: dict[Partition, int] = {}  # next offset per partition, accounted for
         self.counts: Counter[str] = Counter()  # trained, probes, dead_lettered, invalid:<reason>
         self.digest = 0  # sum of id hashes of trained and probe records, mod 2**64
-        self.state = "starting"
         self.stop = threading.Event()
         self.last_checkpoint: str | None = None
-        self.last_step_time: float | None = None
+        self.last_step_time = time.time()  # the stall clock starts at start-up
         self._invalid = deque(maxlen=settings.dead_letter.window)
         self._dirty: set[Partition] = set()  # advanced since the last checkpoint
         self._signals = 0
         self.source: KafkaSource | None = None
 
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+        self.metrics.state.state(value)
+
     # -- the run loop --------------------------------------------------------------------
     def run(self) -> int:
         self._install_signal_handlers()
+        server = self._serve_metrics()
         self._restore()  # weights, optimizer, replay, evaluator, offsets
         kafka, daemon = self.settings.kafka, self.settings.daemon
         backoff = (daemon.retry_backoff_seconds, daemon.retry_backoff_max_seconds)
@@ -77,6 +91,7 @@ class Daemon:
                 self._handle_revocation()  # partitions leaving: checkpoint and commit them first
                 if self.checkpointer.due(self.engine.learner.steps) and self._dirty:
                     self.checkpoint_and_commit()
+                observe_source(self.metrics, self.source, self.engine.replay)
             self.state = "draining"
             self.checkpoint_and_commit()  # a graceful stop loses nothing
             return 0
@@ -87,8 +102,34 @@ class Daemon:
         finally:
             self.source.close()
             self.dead_letters.close()
+            server.stop()
+
+    def _serve_metrics(self) -> HealthServer:
+        cfg = self.settings.metrics
+        server = HealthServer(self.metrics.registry, self.healthy, self.ready, cfg.host, cfg.port)
+        self.metrics_port = server.port
+        describe_build(self.metrics, self.settings)
+        return server.start()
+
+    def healthy(self) -> tuple[bool, str]:
+        """Progress: polling goes on, and steps go on while records wait."""
+        stall, now = self.settings.metrics.stall_seconds, time.time()
+        source = self.source
+        if self.state == "failed":
+            return False, "failed"
+        if source is not None and source.last_poll and now - source.last_poll > stall:
+            return False, f"no poll for {now - source.last_poll:.0f} s"
+        if source is not None and source.lag() > 0 and now - self.last_step_time > stall:
+            return False, f"no step for {now - self.last_step_time:.0f} s with records waiting"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.state != "running" or self.source is None or not self.source.rebalances:
+            return False, f"{self.state}, not yet in the group"
+        return True, f"running with {len(self.source.assigned)} partitions"
 
     def _process(self, items: list[Item]) -> None:
+        self.metrics.consumed.inc(len(items))
         pairs: list[Pair] = []
         for item in items:
             self._invalid.append(item.error is not None)
@@ -109,7 +150,12 @@ class Daemon:
             self.digest = (self.digest + id_hash(pair.sample.id)) % 2**64
         self.counts["probes"] += outcome.probes
         self.counts["trained"] += len(pairs) - outcome.probes
+        self.metrics.probes.inc(outcome.probes)
+        self.metrics.trained.inc(len(pairs) - outcome.probes)
+        if outcome.report is not None:
+            self.metrics.observe_report(outcome.report)
         if outcome.result is not None:
+            self.metrics.observe_step(outcome.result)
             self.last_step_time = time.time()
             if self.on_step is not None:
                 self.on_step(outcome, self)
@@ -118,6 +164,8 @@ class Daemon:
         self.dead_letters.send(item.raw, item.error.reason, item.error.detail)
         self.counts["dead_lettered"] += 1
         self.counts[f"invalid:{item.error.reason}"] += 1
+        self.metrics.dead_lettered.inc()
+        self.metrics.invalid.labels(item.error.reason).inc()
         log.warning(
             "record refused", reason=item.error.reason, detail=item.error.detail[:200],
             topic=item.raw.topic, partition=item.raw.partition, offset=item.raw.offset,
@@ -140,6 +188,16 @@ class Daemon:
     # -- checkpoints and offsets ---------------------------------------------------------
     def checkpoint_and_commit(self, extra: set[Partition] = frozenset()) -> None:
         """Dead letters durable, then the checkpoint, then (only then) the offsets."""
+        started = time.monotonic()
+        try:
+            self._checkpoint_and_commit(extra)
+        except CheckpointError:
+            self.metrics.ckpt_failures.inc()
+            raise
+        self.metrics.ckpt_seconds.observe(time.monotonic() - started)
+        self.metrics.ckpt_last.set(time.time())
+
+    def _checkpoint_and_commit(self, extra: set[Partition]) -> None:
         self.dead_letters.flush()
         state = self.engine.state_dict()
         weights = state["learner"].pop("weights")
@@ -157,7 +215,9 @@ class Daemon:
             self.source.start_offsets.update(self.offsets)
             owned = self.source.assigned | set(extra)
             mine = {p: o for p, o in self.offsets.items() if p in owned}
-            self.counts["commit_failures"] += not self.source.commit(mine, self.last_checkpoint)
+            if not self.source.commit(mine, self.last_checkpoint):
+                self.counts["commit_failures"] += 1
+                self.metrics.commit_failures.inc()
         log.info("checkpoint", id=self.last_checkpoint, step=meta["step"], offsets=meta["offsets"])
 
     def _daemon_state(self) -> dict[str, Any]:

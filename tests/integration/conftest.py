@@ -42,6 +42,7 @@ def daemon_config(tmp_path: Path, bootstrap: str, topic: str, **sections: dict) 
         "evaluation": {"probe_fraction": 0.1, "eval_every": 64, "probe_per_window": 16},
         "checkpoint": {"dir": str(tmp_path / "ckpt"), "every_steps": 5, "every_seconds": 1.0},
         "daemon": {"grace_seconds": 30, "retry_backoff_seconds": 0.2},
+        "metrics": {"host": "127.0.0.1", "port": 0},
     }  # fmt: skip
     for name, fields in sections.items():
         config.setdefault(name, {}).update(fields)

@@ -1,0 +1,121 @@
+"""`streamer demo`: the whole job end to end on the embedded broker with real images.
+
+Starts Tansu, publishes a class-incremental dataset stream, runs the daemon on it with a
+progress display and live metrics, then writes the summary and a plot under --out.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from streamer import datasets
+from streamer.broker import EmbeddedBroker, free_port
+from streamer.config import Settings
+from streamer.daemon import Daemon
+from streamer.evaluate import EvalReport
+from streamer.pipeline import Outcome
+from streamer.report import progress_line, summary_table, write_summary
+from streamer.sink import publish
+
+log = structlog.get_logger(__name__)
+
+
+def with_fallback_dataset(settings: Settings) -> Settings:
+    """Fashion-MNIST when Debian's package is there, else scikit-learn's bundled digits."""
+    if settings.stream.dataset == "fashion-mnist" and not datasets.FASHION_MNIST_DIR.exists():
+        print("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): using digits")
+        stream = settings.stream.model_copy(update={"dataset": "digits", "per_class": None})
+        return settings.model_copy(update={"stream": stream})
+    return settings
+
+
+def run_demo(settings: Settings, out: Path, every: int = 10) -> int:
+    settings = with_fallback_dataset(settings)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    samples = list(datasets.stream(settings.stream))
+    with EmbeddedBroker(log_path=out / "broker.log") as broker:
+        settings = _local(settings, broker.bootstrap, out)
+        ends = {}
+        producer = threading.Thread(
+            target=lambda: ends.update(publish(settings.kafka, samples)), daemon=True
+        )
+        producer.start()
+        history: list[tuple[int, dict[str, float]]] = []
+        started = time.monotonic()
+
+        def on_step(outcome: Outcome, daemon: Daemon) -> None:
+            trained = daemon.counts["trained"]
+            if outcome.report is not None:
+                history.append((trained, dict(outcome.report.accuracy)))
+            if outcome.report is not None or outcome.result.step % every == 0:
+                rate = trained / (time.monotonic() - started)
+                print(progress_line(outcome.result, trained, rate, outcome.report), flush=True)
+            if sum(daemon.counts[k] for k in ("trained", "probes", "dead_lettered")) >= len(
+                samples
+            ):
+                daemon.stop.set()  # every record accounted for: checkpoint, commit, exit
+
+        daemon = Daemon(settings, on_step=on_step)
+        url = f"http://127.0.0.1:{settings.metrics.port}/metrics"
+        print(f"{len(samples)} {settings.stream.dataset} records -> {settings.kafka.topic} "
+              f"on {broker.bootstrap}; metrics on {url}")  # fmt: skip
+        code = daemon.run()
+        seconds = time.monotonic() - started
+    final = daemon.engine.evaluator.evaluate(daemon.engine.learner.labels)
+    history.append((daemon.counts["trained"], dict(final.accuracy)))
+    print("\n" + summary_table(daemon.engine.evaluator.matrix, final))
+    print(f"\n{daemon.counts['trained']} trained, {daemon.counts['probes']} probes in "
+          f"{seconds:.0f} s ({daemon.counts['trained'] / seconds:.1f} samples/s); "
+          f"last checkpoint {daemon.last_checkpoint}")  # fmt: skip
+    write_summary(out, daemon.engine.evaluator.matrix, final, seconds)
+    plot_accuracy(history, final, out / "accuracy.png")
+    print(f"summary: {out}/summary.txt  plot: {out}/accuracy.png")
+    return code
+
+
+def _local(settings: Settings, bootstrap: str, out: Path) -> Settings:
+    kafka = settings.kafka.model_copy(update={"bootstrap_servers": (bootstrap,)})
+    checkpoint = settings.checkpoint.model_copy(update={"dir": out / "checkpoints"})
+    metrics = settings.metrics.model_copy(update={"host": "127.0.0.1", "port": _port(9100)})
+    update = {"kafka": kafka, "checkpoint": checkpoint, "metrics": metrics}
+    return settings.model_copy(update=update)
+
+
+def _port(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+def plot_accuracy(history: list[tuple[int, dict[str, float]]], final: EvalReport, path: Path):
+    """Probe accuracy of each window against samples trained: learning and forgetting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    windows = list(dict.fromkeys(w for _, accuracy in history for w in accuracy))
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for window in windows:
+        points = [(n, a[window]) for n, a in history if window in a]
+        ax.plot([n for n, _ in points], [100 * a for _, a in points], marker=".", label=window)
+    ax.set_xlabel("samples trained")
+    ax.set_ylabel("probe accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Accuracy per window over time (A_last {100 * final.a_last:.0f}%, "
+                 f"A_auc {100 * final.a_auc:.0f}%)")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
