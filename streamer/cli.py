@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from streamer import __version__, datasets
-from streamer.config import load_settings
+from streamer.config import Settings, load_settings
 from streamer.pipeline import build_engine, run_stream
 from streamer.report import progress_line, summary_table, write_summary
 
@@ -31,11 +31,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 def simulate(args: argparse.Namespace) -> int:
     """The learning engine on an in-process dataset stream, with progress and a summary."""
-    try:
-        settings = load_settings(args.config, _overrides(args.set))
-    except ValidationError as exc:
-        print(f"invalid config {args.config}:\n{exc}", file=sys.stderr)
-        return 2
+    settings = _settings(args)
     engine = build_engine(settings)
     start, trained = time.monotonic(), 0
 
@@ -57,8 +53,13 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace):
-    return load_settings(args.config, _overrides(args.set))
+def _settings(args: argparse.Namespace) -> Settings:
+    """The validated config, or exit 2 with every problem and the field it concerns."""
+    try:
+        return load_settings(args.config, _overrides(args.set))
+    except (ValidationError, OSError, yaml.YAMLError) as exc:
+        print(f"invalid config {args.config}:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -143,7 +143,7 @@ class Evaluator:
         )
 
     def _accuracy(self, probes, img, texts, labels) -> dict[str, float]:
-        """Top-1 over every known label prompt; unlabelled probes: R@1 among their window's."""
+        """Top-1 among every known label prompt and probe text (captions of unlabelled probes)."""
         candidates = list(dict.fromkeys([*labels, *texts]))
         cand_emb = self._encode_texts(candidates)
         predicted = (img @ cand_emb.t()).argmax(dim=1).tolist()
