@@ -36,7 +36,8 @@ def with_fallback_dataset(settings: Settings) -> Settings:
 
 def run_demo(settings: Settings, out: Path, every: int = 10) -> int:
     settings = with_fallback_dataset(settings)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # each demo starts from scratch
     samples = list(datasets.stream(settings.stream))
     with EmbeddedBroker(log_path=out / "broker.log") as broker:
         settings = _local(settings, broker.bootstrap, out)
