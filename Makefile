@@ -4,8 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Fashion-MNIST for the demo and tests (falls back to scikit-learn digits when absent).
-DEB_PACKAGES := dataset-fashion-mnist
+# Fashion-MNIST for the demo and tests (falls back to scikit-learn digits when absent);
+# prometheus for promtool and the end-to-end monitoring tests.
+DEB_PACKAGES := dataset-fashion-mnist prometheus
 
 .PHONY: setup test test-fast lint format demo clean
 
