@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -201,8 +200,7 @@ class Daemon:
         self.dead_letters.flush()
         state = self.engine.state_dict()
         weights = state["learner"].pop("weights")
-        state["daemon"] = self._daemon_state()
-        meta = {
+        meta = {  # what a restore resumes from, besides the engine's state; readable by people
             "step": self.engine.learner.steps,
             "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.offsets.items())},
             "counts": dict(self.counts),
@@ -220,13 +218,6 @@ class Daemon:
                 self.metrics.commit_failures.inc()
         log.info("checkpoint", id=self.last_checkpoint, step=meta["step"], offsets=meta["offsets"])
 
-    def _daemon_state(self) -> dict[str, Any]:
-        return {
-            "offsets": {f"{t}:{p}": o for (t, p), o in self.offsets.items()},
-            "counts": dict(self.counts),
-            "digest": str(self.digest),
-        }
-
     def _restore(self) -> None:
         self.state = "restoring"
         self.checkpointer.discard_partial()
@@ -237,13 +228,13 @@ class Daemon:
         state = checkpoint.state
         state["learner"]["weights"] = checkpoint.weights
         self.engine.load_state_dict(state)
-        daemon = state["daemon"]
+        meta = checkpoint.meta
         self.offsets = {
             (key.rsplit(":", 1)[0], int(key.rsplit(":", 1)[1])): int(o)
-            for key, o in daemon["offsets"].items()
+            for key, o in meta["offsets"].items()
         }
-        self.counts = Counter({k: int(v) for k, v in daemon["counts"].items()})
-        self.digest = int(daemon["digest"])
+        self.counts = Counter({k: int(v) for k, v in meta["counts"].items()})
+        self.digest = int(meta["digest"])
         self.last_checkpoint = checkpoint.id
         log.info("restored", id=checkpoint.id, step=self.engine.learner.steps)
 
