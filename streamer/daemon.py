@@ -90,7 +90,7 @@ class Daemon:
                 self._handle_revocation()  # partitions leaving: checkpoint and commit them first
                 if self.checkpointer.due(self.engine.learner.steps) and self._dirty:
                     self.checkpoint_and_commit()
-                observe_source(self.metrics, self.source, self.engine.replay)
+                observe_source(self.metrics, self.source, self.offsets, self.engine.replay)
             self.state = "draining"
             self.checkpoint_and_commit()  # a graceful stop loses nothing
             return 0

@@ -51,6 +51,10 @@ class Metrics:
         )
         self.rebalances = Counter(f"{p}kafka_rebalances_total", "Assignments received.", registry=r)
         self.assigned = Gauge(f"{p}kafka_assigned_partitions", "Partitions owned.", registry=r)
+        self.lag = Gauge(
+            f"{p}kafka_partition_lag_records", "Log end minus the next offset to account for.",
+            ["partition"], registry=r,
+        )  # fmt: skip
         self.buffered = Gauge(
             f"{p}kafka_buffered_records", "Records fetched, not yet trained.", registry=r
         )
@@ -124,6 +128,7 @@ class Metrics:
         )
         self._windows: set[str] = set()
         self.rebalances_seen = 0
+        self.lag_partitions: set[str] = set()
 
     def observe_step(self, result: StepResult) -> None:
         self.steps.inc()
@@ -216,9 +221,18 @@ def describe_build(metrics: Metrics, settings: Settings) -> None:
     metrics.replay_capacity.set(settings.replay.capacity)
 
 
-def observe_source(metrics: Metrics, source: KafkaSource, replay: ReplayBuffer) -> None:
-    """Gauges read once per loop: assignment, buffering, polling, replay, GPU memory."""
+def observe_source(
+    metrics: Metrics, source: KafkaSource, offsets: dict, replay: ReplayBuffer
+) -> None:
+    """Gauges read once per loop: assignment, lag, buffering, polling, replay, GPU memory."""
     metrics.assigned.set(len(source.assigned))
+    lags = {f"{t}:{p}": max(0, end - offsets.get((t, p), 0))
+            for (t, p), end in source.highwater.items() if (t, p) in source.assigned}  # fmt: skip
+    for gone in metrics.lag_partitions - lags.keys():  # keep labels to owned partitions
+        metrics.lag.remove(gone)
+    metrics.lag_partitions = set(lags)
+    for partition, lag in lags.items():
+        metrics.lag.labels(partition).set(lag)
     metrics.buffered.set(source.lag())
     metrics.paused.set(1 if source.paused else 0)
     if source.last_poll:

@@ -85,6 +85,7 @@ class KafkaSource:
         self._consumer: KafkaConsumer | None = None
         self._revocation: Revocation | None = None
         self.assigned: set[Partition] = set()
+        self.highwater: dict[Partition, int] = {}
         self.paused = False
         self.rebalances = 0
         self.last_poll: float | None = None
@@ -155,6 +156,7 @@ class KafkaSource:
                 time.sleep(self._backoff[0])
                 continue
             self.last_poll = time.time()
+            self._note_highwater(consumer)
             for tp, records in batches.items():
                 epoch = self._epochs.get((tp.topic, tp.partition), 0)
                 for r in records:
@@ -162,6 +164,15 @@ class KafkaSource:
                                     tuple(r.headers or ()), r.timestamp)  # fmt: skip
                     self._raw.put((raw, epoch))
         self._raw.put(None)
+
+    def _note_highwater(self, consumer: KafkaConsumer) -> None:
+        """Log ends seen in fetch responses, for lag (None until a partition was fetched)."""
+        marks = {}
+        for tp in consumer.assignment():
+            mark = consumer.highwater(tp)
+            if mark is not None:
+                marks[(tp.topic, tp.partition)] = mark
+        self.highwater = marks
 
     def _connect(self) -> KafkaConsumer | None:
         """Create the consumer, retrying with backoff while the broker is unreachable."""

@@ -43,5 +43,6 @@ def test_a_live_scrape_passes_promtool_and_health_endpoints_answer(broker, tmp_p
         "streamer_records_trained_total", "streamer_train_step_duration_seconds_bucket",
         'streamer_state{streamer_state="running"} 1.0', "streamer_quality_window_accuracy_ratio",
         "streamer_checkpoint_last_success_timestamp_seconds", "streamer_build_info",
+        f'streamer_kafka_partition_lag_records{{partition="{topic}:0"}}',
     ):  # fmt: skip
         assert expected in text
