@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -11,6 +12,7 @@ import pytest
 from streamer.config import KafkaConfig
 from streamer.sink import publish
 
+from ..test_monitoring import rule_metric_names
 from .conftest import ThreadedDaemon, accounted, daemon_config, new_topic, wait_until
 
 pytestmark = pytest.mark.slow
@@ -39,6 +41,9 @@ def test_a_live_scrape_passes_promtool_and_health_endpoints_answer(broker, tmp_p
     check = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
                            capture_output=True)  # fmt: skip
     assert check.returncode == 0 and check.stdout.strip() == "", check.stdout + check.stderr
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+    families = exported | {re.sub(r"_(bucket|sum|count|created)$", "", n) for n in exported}
+    assert rule_metric_names() <= families, rule_metric_names() - families
     for expected in (
         "streamer_records_trained_total", "streamer_train_step_duration_seconds_bucket",
         'streamer_state{streamer_state="running"} 1.0', "streamer_quality_window_accuracy_ratio",
