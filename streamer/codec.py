@@ -20,6 +20,14 @@ from streamer.config import RecordConfig
 from streamer.decode import DecodeError, ImageLimits
 from streamer.records import RawRecord, Sample
 
+# Every reason a record can be refused for (a fixed vocabulary: it labels a metric).
+REASONS = (
+    "empty_value", "record_too_large", "not_json", "not_json_object", "missing_field",
+    "invalid_field", "image_choice", "bad_base64", "uri_scheme", "uri_outside_root",
+    "uri_unreadable", "empty_text", "text_too_long",
+    "empty_image", "image_too_large", "too_many_pixels", "not_an_image", "corrupt_image",
+)  # fmt: skip
+
 
 class JsonRecord(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)

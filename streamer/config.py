@@ -91,6 +91,9 @@ class DetectorConfig(Section):
     min_instances: int = Field(10, ge=1, description="PageHinkley warm-up observations.")
 
 
+DRIFT_SIGNALS = ("accuracy", "matched_cosine", "modality_gap")
+
+
 def _default_detectors() -> dict[str, DetectorConfig]:
     return {
         "accuracy": DetectorConfig(kind="adwin", delta=0.002),

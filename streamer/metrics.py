@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from streamer import __version__
-from streamer.config import Settings
+from streamer.codec import REASONS
+from streamer.config import DRIFT_SIGNALS, Settings
 from streamer.evaluate import EvalReport
 from streamer.records import StepResult
 from streamer.replay import ReplayBuffer
@@ -126,6 +127,10 @@ class Metrics:
         self.alarms = Counter(
             f"{p}drift_alarms_total", "Drift detector alarms.", ["signal"], registry=r
         )
+        for reason in REASONS:  # known label values start at 0, so rates and alerts see them
+            self.invalid.labels(reason)
+        for signal in DRIFT_SIGNALS:
+            self.alarms.labels(signal)
         self._windows: set[str] = set()
         self.rebalances_seen = 0
         self.lag_partitions: set[str] = set()

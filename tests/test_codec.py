@@ -92,3 +92,15 @@ def test_refusals_carry_a_bounded_reason(record, reason):
     with pytest.raises(DecodeError) as error:
         parse(record, codec, CFG)
     assert error.value.reason == reason
+
+
+def test_every_reason_raised_anywhere_is_in_the_fixed_vocabulary():
+    import re
+    from pathlib import Path
+
+    import streamer
+    from streamer.codec import REASONS
+
+    source = "".join(p.read_text() for p in Path(streamer.__file__).parent.glob("*.py"))
+    raised = set(re.findall(r'DecodeError\(\s*"([a-z0-9_]+)"', source))
+    assert raised == set(REASONS)

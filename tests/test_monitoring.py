@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-RULES_DIR = Path(__file__).parent.parent / "deploy" / "prometheus"
+DEPLOY = Path(__file__).parent.parent / "deploy"
+RULES_DIR = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "streamer.json"
+sys.path.insert(0, str(DEPLOY / "grafana"))
+import dashboard as dashboard_code  # noqa: E402  (deploy/grafana/dashboard.py)
+
+UNPLOTTED = dashboard_code.UNPLOTTED
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool: apt-get install prometheus"
 )
@@ -21,6 +29,36 @@ def rule_metric_names() -> set[str]:
     text = (RULES_DIR / "rules.yml").read_text()
     exprs = [r["expr"] for g in yaml.safe_load(text)["groups"] for r in g["rules"]]
     return {m for e in exprs for m in re.findall(r"\bstreamer_[a-z0-9_]+", e)}
+
+
+def dashboard_exprs() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [t["expr"] for p in panels for t in p.get("targets", [])]
+
+
+def dashboard_metric_names() -> set[str]:
+    return {m for e in dashboard_exprs() for m in re.findall(r"\bstreamer_[a-z0-9_]+", e)}
+
+
+def test_committed_dashboard_is_what_its_code_builds():
+    assert DASHBOARD.read_text() == dashboard_code.render(), "run deploy/grafana/dashboard.py"
+
+
+def test_dashboard_panels_have_units_current_types_and_variables():
+    board = json.loads(DASHBOARD.read_text())
+    panels = [p for p in board["panels"] if p["type"] != "row"]
+    assert {p["type"] for p in board["panels"]} <= {"row", "timeseries", "stat"}
+    assert all(p["fieldConfig"]["defaults"].get("unit") for p in panels)
+    assert {v["name"] for v in board["templating"]["list"]} == {"datasource", "job", "instance"}
+    rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
+    assert rows == ["Throughput & lag", "Learning", "Forgetting", "Alignment & misalignment",
+                    "Replay & checkpoints"]  # fmt: skip
+
+
+def test_counters_are_only_read_through_rate_over_the_rate_interval():
+    for expr in dashboard_exprs():
+        for counter in re.findall(r"\bstreamer_[a-z0-9_]+_(?:total|bucket)\b", expr):
+            assert re.search(rf"rate\({counter}\{{[^}}]*\}}\[\$__rate_interval\]\)", expr), expr
 
 
 @needs_promtool

@@ -12,7 +12,7 @@ import pytest
 from streamer.config import KafkaConfig
 from streamer.sink import publish
 
-from ..test_monitoring import rule_metric_names
+from ..test_monitoring import UNPLOTTED, dashboard_metric_names, rule_metric_names
 from .conftest import ThreadedDaemon, accounted, daemon_config, new_topic, wait_until
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,12 @@ def test_a_live_scrape_passes_promtool_and_health_endpoints_answer(broker, tmp_p
     assert check.returncode == 0 and check.stdout.strip() == "", check.stdout + check.stderr
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
     families = exported | {re.sub(r"_(bucket|sum|count|created)$", "", n) for n in exported}
-    assert rule_metric_names() <= families, rule_metric_names() - families
+    used = rule_metric_names() | dashboard_metric_names()
+    assert used <= families, used - families  # nothing plotted or alerted on is missing
+    plotted = {re.sub(r"_(bucket|sum|count|created)$", "", n) for n in used}
+    shown = plotted | set(UNPLOTTED) | {n.removesuffix("_total") for n in plotted}
+    exported_families = {re.sub(r"_(bucket|sum|count|created)$", "", n) for n in exported}
+    assert exported_families <= shown | {n + "_total" for n in shown}, exported_families - shown
     for expected in (
         "streamer_records_trained_total", "streamer_train_step_duration_seconds_bucket",
         'streamer_state{streamer_state="running"} 1.0', "streamer_quality_window_accuracy_ratio",

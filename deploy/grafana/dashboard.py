@@ -1,0 +1,251 @@
+"""Builds deploy/grafana/streamer.json, the provisioned Grafana dashboard.
+
+Kept as code so panels stay uniform (units, rate intervals, variables); the JSON is
+committed, and a test checks it matches this script's output.
+
+    .venv/bin/python deploy/grafana/dashboard.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SEL = 'job="$job", instance=~"$instance"'
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+# Exported families shown nowhere on purpose (with the reason); a test keeps this honest.
+UNPLOTTED = {
+    "streamer_kafka_last_poll_timestamp_seconds": "read by /healthz; the stall alert covers it",
+    "streamer_replay_capacity": "a constant of the config",
+}
+
+
+def _panel(kind: str, title: str, exprs: list[tuple[str, str]], unit: str, w: int, **extra):
+    targets = [{"datasource": DS, "expr": e, "legendFormat": legend, "refId": chr(65 + i)}
+               for i, (e, legend) in enumerate(exprs)]  # fmt: skip
+    defaults = {"unit": unit, **extra.pop("defaults", {})}
+    return {"type": kind, "title": title, "datasource": DS, "targets": targets,
+            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "gridPos": {"w": w, "h": 8}, **extra}  # fmt: skip
+
+
+def ts(title, exprs, unit, w=8, **extra):
+    return _panel("timeseries", title, exprs, unit, w, **extra)
+
+
+def stat(title, exprs, unit, w=4, **extra):
+    return _panel("stat", title, exprs, unit, w, **extra)
+
+
+def quantile(q: float, histogram: str) -> str:
+    return f"histogram_quantile({q}, {rate(histogram + '_bucket', 'le')})"
+
+
+def rate(metric: str, by: str = "") -> str:
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} (rate({metric}{{{SEL}}}[$__rate_interval]))"
+
+
+ROWS = {
+    "Throughput & lag": [
+        ts(
+            "Records per second",
+            [
+                (rate("streamer_records_consumed_total"), "consumed"),
+                (rate("streamer_records_trained_total"), "trained"),
+                (rate("streamer_records_probe_total"), "probes"),
+                (rate("streamer_records_dead_lettered_total"), "dead-lettered"),
+            ],
+            "reqps",
+        ),
+        ts(
+            "Lag per partition",
+            [(f"streamer_kafka_partition_lag_records{{{SEL}}}", "{{partition}}")],
+            "short",
+        ),
+        ts(
+            "Invalid records by reason",
+            [(rate("streamer_records_invalid_total", "reason"), "{{reason}}")],
+            "reqps",
+        ),
+        stat(
+            "State",
+            [(f"streamer_state{{{SEL}}} == 1", "{{streamer_state}}")],
+            "none",
+            options={"textMode": "name", "reduceOptions": {"calcs": ["lastNotNull"]}},
+        ),
+        stat(
+            "Assigned partitions",
+            [(f"sum(streamer_kafka_assigned_partitions{{{SEL}}})", "")],
+            "short",
+        ),
+        stat("Buffered records", [(f"sum(streamer_kafka_buffered_records{{{SEL}}})", "")], "short"),
+        stat("Paused (backpressure)", [(f"max(streamer_kafka_paused{{{SEL}}})", "")], "bool"),
+        ts(
+            "Rebalances and commit failures",
+            [
+                (rate("streamer_kafka_rebalances_total"), "rebalances"),
+                (rate("streamer_kafka_commit_failures_total"), "commit failures"),
+            ],
+            "reqps",
+            w=8,
+        ),
+    ],
+    "Learning": [
+        ts("Loss", [(f"streamer_train_loss{{{SEL}}}", "train loss")], "none"),
+        ts(
+            "Online (prequential) accuracy",
+            [(f"streamer_train_prequential_accuracy_ratio{{{SEL}}}", "{{instance}}")],
+            "percentunit",
+        ),
+        ts(
+            "Step duration p50 / p95",
+            [
+                (
+                    quantile(0.5, "streamer_train_step_duration_seconds"),
+                    "p50",
+                ),
+                (
+                    quantile(0.95, "streamer_train_step_duration_seconds"),
+                    "p95",
+                ),
+            ],
+            "s",
+        ),
+        ts("Learning rate", [(f"streamer_train_learning_rate{{{SEL}}}", "lr")], "none"),
+        ts("Logit scale", [(f"streamer_train_logit_scale{{{SEL}}}", "exp(t)")], "none"),
+        ts(
+            "Steps and non-finite skips",
+            [
+                (rate("streamer_train_steps_total"), "steps"),
+                (rate("streamer_train_nonfinite_skips_total"), "skipped (NaN/Inf)"),
+            ],
+            "ops",
+        ),
+        ts(
+            "GPU memory",
+            [(f"streamer_gpu_memory_allocated_bytes{{{SEL}}}", "{{instance}}")],
+            "bytes",
+        ),
+    ],
+    "Forgetting": [
+        ts(
+            "Probe accuracy per window",
+            [(f"streamer_quality_window_accuracy_ratio{{{SEL}}}", "{{window}}")],
+            "percentunit",
+            w=12,
+        ),
+        ts(
+            "A_last, A_auc, forgetting, BWT",
+            [
+                (f"streamer_quality_accuracy_last_ratio{{{SEL}}}", "A_last"),
+                (f"streamer_quality_accuracy_auc_ratio{{{SEL}}}", "A_auc"),
+                (f"streamer_quality_forgetting_average_ratio{{{SEL}}}", "avg forgetting"),
+                (f"streamer_quality_backward_transfer_ratio{{{SEL}}}", "BWT"),
+            ],
+            "percentunit",
+            w=12,
+        ),
+    ],
+    "Alignment & misalignment": [
+        ts(
+            "Matched cosine and modality gap",
+            [
+                (f"streamer_quality_matched_cosine_ratio{{{SEL}}}", "matched cosine"),
+                (f"streamer_quality_modality_gap{{{SEL}}}", "modality gap"),
+            ],
+            "none",
+        ),
+        ts(
+            "Drift from the base model",
+            [(f"streamer_quality_drift_ratio{{{SEL}}}", "{{modality}}")],
+            "none",
+        ),
+        ts("Similarity-structure KL", [(f"streamer_quality_structure_kl{{{SEL}}}", "KL")], "none"),
+        ts(
+            "Recall@1",
+            [(f"streamer_quality_recall_at_1_ratio{{{SEL}}}", "{{direction}}")],
+            "percentunit",
+        ),
+        ts(
+            "Alignment and uniformity",
+            [
+                (f"streamer_quality_alignment{{{SEL}}}", "alignment"),
+                (f"streamer_quality_uniformity{{{SEL}}}", "uniformity {{modality}}"),
+            ],
+            "none",
+        ),
+        ts("Drift alarms", [(rate("streamer_drift_alarms_total", "signal"), "{{signal}}")], "ops"),
+    ],
+    "Replay & checkpoints": [
+        ts("Replay buffer", [(f"streamer_replay_items{{{SEL}}}", "items")], "short"),
+        ts("Replay bytes", [(f"streamer_replay_bytes{{{SEL}}}", "bytes")], "bytes"),
+        ts(
+            "Checkpoint duration p95",
+            [
+                (
+                    quantile(0.95, "streamer_checkpoint_duration_seconds"),
+                    "p95",
+                )
+            ],
+            "s",
+        ),
+        stat(
+            "Since last checkpoint",
+            [(f"time() - max(streamer_checkpoint_last_success_timestamp_seconds{{{SEL}}})", "")],
+            "s",
+        ),
+        ts(
+            "Checkpoint failures", [(rate("streamer_checkpoint_failures_total"), "failures")], "ops"
+        ),
+        stat(
+            "Build",
+            [(f"streamer_build_info{{{SEL}}}", "{{model}} {{peft}} {{loss}}")],
+            "none",
+            options={"textMode": "name", "reduceOptions": {"calcs": ["lastNotNull"]}},
+        ),
+    ],
+}
+
+
+def variables() -> list[dict]:
+    def query(name, expr):
+        return {"name": name, "type": "query", "datasource": DS, "refresh": 2,
+                "query": {"query": expr, "refId": name}, "definition": expr,
+                "includeAll": name == "instance", "multi": name == "instance"}  # fmt: skip
+
+    source = {"name": "datasource", "type": "datasource", "query": "prometheus",
+              "label": "Data source"}  # fmt: skip
+    instances = 'label_values(streamer_build_info{job="$job"}, instance)'
+    return [source, query("job", "label_values(streamer_build_info, job)"),
+            query("instance", instances)]  # fmt: skip
+
+
+def dashboard() -> dict:
+    panels, y, next_id = [], 0, 1
+    for title, row_panels in ROWS.items():
+        panels.append({"type": "row", "title": title, "id": next_id, "collapsed": False,
+                       "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []})  # fmt: skip
+        next_id, y, x = next_id + 1, y + 1, 0
+        for panel in row_panels:
+            w = panel["gridPos"]["w"]
+            if x + w > 24:
+                x, y = 0, y + 8
+            panel = {**panel, "id": next_id, "gridPos": {"x": x, "y": y, "w": w, "h": 8}}
+            panels.append(panel)
+            next_id, x = next_id + 1, x + w
+        y += 8
+    return {"title": "streamer", "uid": "streamer", "schemaVersion": 39, "version": 1,
+            "tags": ["streamer", "clip", "kafka"], "timezone": "browser", "editable": True,
+            "time": {"from": "now-6h", "to": "now"}, "refresh": "30s",
+            "templating": {"list": variables()}, "panels": panels,
+            "annotations": {"list": []}}  # fmt: skip
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    (Path(__file__).parent / "streamer.json").write_text(render())
