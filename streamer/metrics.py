@@ -7,6 +7,7 @@ bounded labels (windows are capped by evaluation.max_windows; reasons are a fixe
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,7 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from streamer import __version__
 from streamer.codec import REASONS
-from streamer.config import DRIFT_SIGNALS, Settings
+from streamer.config import DRIFT_SIGNALS, Settings, config_hash
 from streamer.evaluate import EvalReport
 from streamer.records import StepResult
 from streamer.replay import ReplayBuffer
@@ -131,6 +132,16 @@ class Metrics:
             self.invalid.labels(reason)
         for signal in DRIFT_SIGNALS:
             self.alarms.labels(signal)
+        # Config (reloads arrive with live tuning; at start the loaded config counts as one)
+        self.reload_ok = Gauge(
+            f"{p}config_last_reload_successful", "1 if the last config (re)load was accepted.",
+            registry=r,
+        )  # fmt: skip
+        self.reload_time = Gauge(
+            f"{p}config_last_reload_success_timestamp_seconds", "Time of the last accepted config.",
+            registry=r,
+        )  # fmt: skip
+        self.config = Info(f"{p}config", "Hash of the config in force.", registry=r)
         self._windows: set[str] = set()
         self.rebalances_seen = 0
         self.lag_partitions: set[str] = set()
@@ -224,6 +235,9 @@ def describe_build(metrics: Metrics, settings: Settings) -> None:
         "loss": learner.loss, "peft": model.peft.mode, "towers": model.peft.towers,
     })  # fmt: skip
     metrics.replay_capacity.set(settings.replay.capacity)
+    metrics.reload_ok.set(1)
+    metrics.reload_time.set(time.time())
+    metrics.config.info({"hash": config_hash(settings)})
 
 
 def observe_source(

@@ -18,6 +18,7 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 UNPLOTTED = {
     "streamer_kafka_last_poll_timestamp_seconds": "read by /healthz; the stall alert covers it",
     "streamer_replay_capacity": "a constant of the config",
+    "streamer_config_last_reload_success_timestamp_seconds": "the config hash panel shows changes",
 }
 
 
@@ -198,6 +199,17 @@ ROWS = {
         ),
         ts(
             "Checkpoint failures", [(rate("streamer_checkpoint_failures_total"), "failures")], "ops"
+        ),
+        stat(
+            "Config accepted",
+            [(f"min(streamer_config_last_reload_successful{{{SEL}}})", "")],
+            "bool",
+        ),
+        stat(
+            "Config hash",
+            [(f"streamer_config_info{{{SEL}}}", "{{hash}}")],
+            "none",
+            options={"textMode": "name", "reduceOptions": {"calcs": ["lastNotNull"]}},
         ),
         stat(
             "Build",
