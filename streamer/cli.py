@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from streamer import __version__, datasets
+from streamer import __version__, datasets, logs
 from streamer.config import Settings, load_settings
 from streamer.pipeline import build_engine, run_stream
 from streamer.report import progress_line, summary_table, write_summary
@@ -56,10 +56,12 @@ def simulate(args: argparse.Namespace) -> int:
 def _settings(args: argparse.Namespace) -> Settings:
     """The validated config, or exit 2 with every problem and the field it concerns."""
     try:
-        return load_settings(args.config, _overrides(args.set))
+        settings = load_settings(args.config, _overrides(args.set))
     except (ValidationError, OSError, yaml.YAMLError) as exc:
         print(f"invalid config {args.config}:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    logs.configure(settings.logging.level, settings.logging.format)
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:

@@ -218,8 +218,19 @@ class MetricsConfig(Section):
     )
 
 
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON lines unless writing to a terminal."
+    )
+    record_error_interval_seconds: float = Field(
+        10.0, gt=0, description="Per-record problems: one line per reason per interval."
+    )
+
+
 class Settings(Section):
     kafka: KafkaConfig = KafkaConfig()
+    logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     records: RecordConfig = RecordConfig()
     dead_letter: DeadLetterConfig = DeadLetterConfig()

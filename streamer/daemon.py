@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from streamer import codec
 from streamer.checkpoint import Checkpointer, CheckpointError
 from streamer.config import Settings, config_hash
+from streamer.logs import RateLimited
 from streamer.metrics import HealthServer, Metrics, describe_build, observe_source
 from streamer.pipeline import Engine, Outcome, build_engine, pair_of
 from streamer.records import Pair, RawRecord
@@ -60,6 +61,8 @@ class Daemon:
         self.last_checkpoint: str | None = None
         self.last_step_time = time.time()  # the stall clock starts at start-up
         self._invalid = deque(maxlen=settings.dead_letter.window)
+        interval = settings.logging.record_error_interval_seconds
+        self._refused = RateLimited(log, "record refused", interval)
         self._dirty: set[Partition] = set()  # advanced since the last checkpoint
         self._signals = 0
         self.source: KafkaSource | None = None
@@ -99,6 +102,7 @@ class Daemon:
             log.error("stopping without committing", error=str(exc), reason=type(exc).__name__)
             return 1
         finally:
+            self._refused.flush()
             self.source.close()
             self.dead_letters.close()
             server.stop()
@@ -165,8 +169,8 @@ class Daemon:
         self.counts[f"invalid:{item.error.reason}"] += 1
         self.metrics.dead_lettered.inc()
         self.metrics.invalid.labels(item.error.reason).inc()
-        log.warning(
-            "record refused", reason=item.error.reason, detail=item.error.detail[:200],
+        self._refused(
+            item.error.reason, detail=item.error.detail[:200],
             topic=item.raw.topic, partition=item.raw.partition, offset=item.raw.offset,
         )  # fmt: skip
 

@@ -187,3 +187,26 @@ def test_a_flood_of_invalid_records_stops_the_daemon_without_committing(broker, 
     committed = committed_offsets(broker.bootstrap, config["kafka"]["group_id"], [(topic, 0)])
     assert committed[(topic, 0)] == checkpointed  # ...but nothing past it is committed
     assert checkpointed is None or checkpointed < 40
+
+
+def test_a_flood_of_malformed_records_logs_a_bounded_number_of_lines(broker, tmp_path):
+    import io
+
+    from streamer import logs
+
+    topic = new_topic()
+    producer = KafkaProducer(bootstrap_servers=[broker.bootstrap], linger_ms=20)
+    for i in range(10_000):
+        producer.send(topic, value=b"not json %d" % i)
+    producer.flush()
+    out = io.StringIO()
+    logs.configure("INFO", "json", out)
+    config = daemon_config(tmp_path, broker.bootstrap, topic, dead_letter={"max_share": 1.0})
+    with ThreadedDaemon(config) as daemon:
+        wait_until(lambda: accounted(daemon) >= 10_000, 180, "all records")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    refused = [line for line in lines if line["event"] == "record refused"]
+    assert daemon.counts["dead_lettered"] == 10_000
+    assert 1 <= len(refused) <= 10  # one per interval, not one per record
+    samples = [line for line in refused if "offset" in line]  # the rest are closing counts
+    assert sum(line["suppressed_since_last"] for line in refused) + len(samples) == 10_000
