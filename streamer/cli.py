@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from streamer import __version__, datasets, logs
-from streamer.config import Settings, load_settings
+from streamer.config import Settings, config_hash, describe_errors, effective, load_settings
 from streamer.pipeline import build_engine, run_stream
 from streamer.report import progress_line, summary_table, write_summary
 
@@ -53,15 +53,34 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> tuple[Settings | None, list[str]]:
+    try:
+        return load_settings(args.config, _overrides(args.set)), []
+    except ValidationError as exc:
+        return None, describe_errors(exc)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        return None, [str(exc)]
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     """The validated config, or exit 2 with every problem and the field it concerns."""
-    try:
-        settings = load_settings(args.config, _overrides(args.set))
-    except (ValidationError, OSError, yaml.YAMLError) as exc:
-        print(f"invalid config {args.config}:\n{exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings, problems = _load(args)
+    if settings is None:
+        print(f"invalid config {args.config}:", *problems, sep="\n  ", file=sys.stderr)
+        raise SystemExit(2)
     logs.configure(settings.logging.level, settings.logging.format)
     return settings
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """Every problem at once (exit 1), or the effective config with secrets masked."""
+    settings, problems = _load(args)
+    if settings is None:
+        print(f"{args.config}: {len(problems)} problem(s)", *problems, sep="\n  ")
+        return 1
+    print(effective(settings), end="")
+    print(f"# valid; config hash {config_hash(settings)}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "produce":
             sub.add_argument("--rate", type=float, help="records per second (default: all at once)")
             sub.add_argument("--partitions", type=int, default=1, help="when creating the topic")
+    check = commands.add_parser("check-config", help="validate a config; print it or its problems")
+    check.add_argument("config", type=Path)
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    check.set_defaults(handler=check_config)
     brk = commands.add_parser("broker", help="start the embedded Kafka-compatible broker")
     brk.add_argument("--port", type=int, default=9092)
     brk.set_defaults(handler=broker)

@@ -7,11 +7,18 @@ reject unknown keys, so a typo in a config file is an error that names the field
 from __future__ import annotations
 
 import hashlib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 
 class Section(BaseModel):
@@ -228,7 +235,28 @@ class LoggingConfig(Section):
     )
 
 
-class Settings(Section):
+_YAML_FILE: ContextVar[Path | None] = ContextVar("yaml_file", default=None)
+
+
+class Settings(BaseSettings):
+    """The whole config. Sources, later ones winning: YAML file, environment
+    (STREAMER_SECTION__FIELD), command-line overrides."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix="STREAMER_", env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )  # fmt: skip
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = _YAML_FILE.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
     kafka: KafkaConfig = KafkaConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -244,20 +272,36 @@ class Settings(Section):
 
 
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Read a YAML file (if any), apply nested overrides, validate."""
-    data: dict[str, Any] = {}
+    """The validated config: YAML file, then STREAMER_* environment, then `section.field`
+    overrides. Raises ValidationError listing every problem with its field path."""
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        data = loaded or {}
+        text = Path(path).read_text(encoding="utf-8")  # a missing file is an error, not {}
+        if not isinstance(yaml.safe_load(text) or {}, dict):
+            raise ValueError(f"{path}: the config must be a YAML mapping of sections")
+    nested: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
-        node = data
+        node = nested
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return Settings.model_validate(data)
+    token = _YAML_FILE.set(Path(path) if path is not None else None)
+    try:
+        return Settings(**nested)
+    finally:
+        _YAML_FILE.reset(token)
 
 
 def config_hash(settings: Settings) -> str:
     """A short, stable fingerprint of the effective config (secrets are masked in the dump)."""
     return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per problem, `section.field: reason`; never the offending value (secrets)."""
+    return [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
+
+
+def effective(settings: Settings) -> str:
+    """The config in force as YAML, secrets masked."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

@@ -34,3 +34,39 @@ def test_overrides_apply_on_top_of_the_file(tmp_path):
     path.write_text("learner:\n  lr: 0.001\n")
     s = load_settings(path, {"learner.lr": 0.01, "model.peft.rank": 8})
     assert s.learner.lr == 0.01 and s.model.peft.rank == 8
+
+
+def test_environment_wins_over_the_file_and_overrides_win_over_both(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("learner:\n  lr: 0.001\n  batch_size: 8\n")
+    monkeypatch.setenv("STREAMER_LEARNER__LR", "0.02")
+    monkeypatch.setenv("STREAMER_KAFKA__TOPIC", "from-env")
+    s = load_settings(path)
+    assert (s.learner.lr, s.learner.batch_size, s.kafka.topic) == (0.02, 8, "from-env")
+    assert load_settings(path, {"learner.lr": 0.5}).learner.lr == 0.5
+
+
+def test_a_wrong_environment_value_names_the_field(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMER_REPLAY__CAPACITY", "lots")
+    with pytest.raises(ValidationError, match=r"replay\.capacity"):
+        load_settings(None)
+
+
+def test_check_config_masks_secrets_and_lists_every_problem(tmp_path, capsys):
+    from streamer.cli import main
+
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "kafka:\n  sasl_mechanism: PLAIN\n  sasl_username: u\n  sasl_password: hunter2\n"
+    )
+    assert main(["check-config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "sasl_password: '**********'" in out and "config hash" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka:\n  sasl_password: [hunter2]\nlearner:\n  lr: -1\n  bogus: 1\n")
+    assert main(["check-config", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    assert all(f in out for f in ("kafka.sasl_password", "learner.lr", "learner.bogus"))
+    bad.write_text("learner: [unclosed\n")
+    assert main(["check-config", str(bad)]) == 1
