@@ -86,8 +86,10 @@ def check_config(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """The daemon: consume, learn, checkpoint, commit, until SIGTERM."""
     from streamer.daemon import Daemon
+    from streamer.reload import ConfigWatcher
 
-    return Daemon(_settings(args)).run()
+    watcher = ConfigWatcher(args.config, _overrides(args.set))
+    return Daemon(_settings(args), watcher=watcher).run()
 
 
 def broker(args: argparse.Namespace) -> int:

@@ -21,10 +21,11 @@ from prometheus_client import CollectorRegistry
 from streamer import codec
 from streamer.checkpoint import Checkpointer, CheckpointError
 from streamer.config import Settings, config_hash
-from streamer.logs import RateLimited
+from streamer.logs import RateLimited, set_level
 from streamer.metrics import HealthServer, Metrics, describe_build, observe_source
 from streamer.pipeline import Engine, Outcome, build_engine, pair_of
 from streamer.records import Pair, RawRecord
+from streamer.reload import ConfigWatcher, ReloadRejected
 from streamer.sink import DeadLetterError, DeadLetters
 from streamer.source import Item, KafkaSource, Partition
 
@@ -46,6 +47,7 @@ class Daemon:
         engine: Engine | None = None,
         on_step: Callable[[Outcome, Daemon], None] | None = None,
         registry: CollectorRegistry | None = None,
+        watcher: ConfigWatcher | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics(registry or CollectorRegistry())
@@ -54,6 +56,7 @@ class Daemon:
         self.checkpointer = Checkpointer(settings.checkpoint)
         self.dead_letters = DeadLetters(settings.kafka)
         self.on_step = on_step
+        self.watcher = watcher  # live config: the file is re-read at step boundaries
         self.offsets: dict[Partition, int] = {}  # next offset per partition, accounted for
         self.counts: Counter[str] = Counter()  # trained, probes, dead_lettered, invalid:<reason>
         self.digest = 0  # sum of id hashes of trained and probe records, mod 2**64
@@ -94,6 +97,7 @@ class Daemon:
                 if self.checkpointer.due(self.engine.learner.steps) and self._dirty:
                     self.checkpoint_and_commit()
                 observe_source(self.metrics, self.source, self.offsets, self.engine.replay)
+                self.maybe_reload()  # a changed config applies between steps
             self.state = "draining"
             self.checkpoint_and_commit()  # a graceful stop loses nothing
             return 0
@@ -188,6 +192,27 @@ class Daemon:
         sample = codec.parse(raw, self.settings.kafka.codec, records)
         return pair_of(self.engine.model, sample, codec.image_limits(records))
 
+    # -- live config ---------------------------------------------------------------------
+    def maybe_reload(self) -> None:
+        if self.watcher is None or not self.watcher.changed():
+            return
+        try:
+            new, changes = self.watcher.load(self.settings)
+        except ReloadRejected as exc:
+            self.metrics.reload_ok.set(0)
+            log.error("config reload rejected; the current config stays", problems=exc.problems)
+            return
+        self.settings = new
+        self.engine.learner.reconfigure(new.learner)
+        self.engine.evaluator.reconfigure(new.evaluation)
+        self.checkpointer.cfg = new.checkpoint
+        self._invalid = deque(self._invalid, maxlen=new.dead_letter.window)
+        self._refused.interval = new.logging.record_error_interval_seconds
+        set_level(new.logging.level)
+        self.metrics.lr.set(new.learner.lr)
+        describe_build(self.metrics, new)  # reload status, timestamp and hash
+        log.info("config reloaded", changes={k: f"{a} -> {b}" for k, (a, b) in changes.items()})
+
     # -- checkpoints and offsets ---------------------------------------------------------
     def checkpoint_and_commit(self, extra: set[Partition] = frozenset()) -> None:
         """Dead letters durable, then the checkpoint, then (only then) the offsets."""
@@ -256,6 +281,8 @@ class Daemon:
             return
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        if self.watcher is not None:
+            signal.signal(signal.SIGHUP, lambda *_: self.watcher.request())
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         """First signal: finish the step, checkpoint, commit, exit. Second: exit at once."""

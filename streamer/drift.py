@@ -34,6 +34,17 @@ class DriftMonitor:
         self.alarms: dict[str, int] = dict.fromkeys(self.cfg, 0)
         self.in_drift: dict[str, bool] = dict.fromkeys(self.cfg, False)
 
+    def retune(self, detectors: Mapping[str, DetectorConfig]) -> None:
+        """New thresholds for the running detectors, keeping what they have seen."""
+        for name, cfg in detectors.items():
+            detector = self._detectors.get(name)
+            if detector is None or cfg.kind != self.cfg[name].kind:
+                continue  # a different detector would start from nothing: not live
+            self.cfg[name] = cfg
+            detector.delta = cfg.delta
+            if cfg.kind == "page_hinkley":
+                detector.threshold, detector.min_instances = cfg.threshold, cfg.min_instances
+
     def update(self, signals: Mapping[str, float]) -> list[str]:
         fired = []
         for name, value in signals.items():

@@ -66,6 +66,13 @@ class Evaluator:
         self._next_eval = cfg.eval_every
         self._base: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> base embeddings
 
+    def reconfigure(self, cfg: EvaluationConfig) -> None:
+        """Live tuning: evaluation cadence and detector thresholds."""
+        if cfg.eval_every != self.cfg.eval_every:
+            self._next_eval = (self.samples // cfg.eval_every + 1) * cfg.eval_every
+        self.cfg = cfg
+        self.monitor.retune(cfg.detectors)
+
     def window_of(self, sample: Sample) -> str:
         if sample.task is not None:
             return sample.task

@@ -51,6 +51,12 @@ class Learner:
         on_cuda = model.device.type == "cuda"
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
 
+    def reconfigure(self, cfg: LearnerConfig) -> None:
+        """Live tuning at a step boundary: optimizer settings and the step's shape."""
+        self.cfg = cfg
+        for group in self.optimizer.param_groups:
+            group.update(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+
     def step(self, fresh: Sequence[Pair]) -> StepResult:
         """Test, then train: score the fresh batch, run the optimizer steps, then remember it."""
         start = self._clock()

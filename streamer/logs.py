@@ -68,7 +68,7 @@ class RateLimited:
     ) -> None:
         self._log = log
         self._event = event
-        self._interval = interval
+        self.interval = interval
         self._clock = clock
         self._window_start: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
@@ -76,7 +76,7 @@ class RateLimited:
     def __call__(self, reason: str, **fields: Any) -> None:
         now = self._clock()
         start = self._window_start.get(reason)
-        if start is not None and now - start < self._interval:
+        if start is not None and now - start < self.interval:
             self._suppressed[reason] += 1
             return
         self._window_start[reason] = now

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
+import structlog
 import torch
 
 from streamer import datasets
@@ -26,6 +28,16 @@ def tiny_settings(**sections: dict[str, Any]) -> Settings:
     for name, fields in sections.items():
         base.setdefault(name, {}).update(fields)
     return Settings.model_validate(base)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Tests that configure logging must not leave their handlers to the next test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers, root.level = handlers, level
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
