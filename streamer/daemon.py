@@ -162,6 +162,7 @@ class Daemon:
         if outcome.report is not None:
             self.metrics.observe_report(outcome.report)
         if outcome.result is not None:
+            structlog.contextvars.bind_contextvars(step=outcome.result.step)  # on every line
             self.metrics.observe_step(outcome.result)
             self.last_step_time = time.time()
             if self.on_step is not None:
@@ -237,6 +238,7 @@ class Daemon:
             "config_hash": config_hash(self.settings),
         }
         self.last_checkpoint = self.checkpointer.save(weights, state, meta)
+        structlog.contextvars.bind_contextvars(checkpoint=self.last_checkpoint)
         self._dirty.clear()
         if self.source is not None:
             self.source.start_offsets.update(self.offsets)

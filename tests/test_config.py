@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from streamer.config import Settings, load_settings
 
@@ -70,3 +70,33 @@ def test_check_config_masks_secrets_and_lists_every_problem(tmp_path, capsys):
     assert all(f in out for f in ("kafka.sasl_password", "learner.lr", "learner.bogus"))
     bad.write_text("learner: [unclosed\n")
     assert main(["check-config", str(bad)]) == 1
+
+
+def _all_fields(model) -> list[tuple[str, object]]:
+    out = []
+    for name, info in model.model_fields.items():
+        out.append((name, info))
+        nested = info.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            out += [(f"{name}.{n}", i) for n, i in _all_fields(nested)]
+    return out
+
+
+def test_every_field_is_described_and_default_yaml_documents_them_all():
+    from pathlib import Path
+
+    from streamer.config import template
+
+    for section, info in Settings.model_fields.items():
+        for name, field in _all_fields(info.annotation):
+            assert field.description, f"{section}.{name} has no description"
+    default = Path(__file__).parent.parent / "configs" / "default.yaml"
+    assert default.read_text() == template(), "regenerate configs/default.yaml from template()"
+    assert load_settings(default) == Settings.model_validate({})
+
+
+def test_shipped_example_configs_are_valid():
+    from pathlib import Path
+
+    for name in ("demo.yaml", "gpu.yaml", "default.yaml"):
+        load_settings(Path(__file__).parent.parent / "configs" / name)
