@@ -41,9 +41,12 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def diff(old: Settings, new: Settings) -> dict[str, tuple[Any, Any]]:
-    """Changed fields, dotted, with (old, new) values; secrets stay masked."""
-    a, b = flatten(old.model_dump(mode="json")), flatten(new.model_dump(mode="json"))
-    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    """Changed fields, dotted, with (old, new) values to show: secrets compare by value but
+    show masked."""
+    a, b = flatten(old.model_dump()), flatten(new.model_dump())
+    shown_a, shown_b = flatten(old.model_dump(mode="json")), flatten(new.model_dump(mode="json"))
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return {k: (shown_a.get(k), shown_b.get(k)) for k in changed}
 
 
 def restart_only(changes: dict[str, Any]) -> list[str]:

@@ -120,3 +120,21 @@ def test_environment_overrides_survive_a_reload(tmp_path, monkeypatch):
                     "learner": {"lr": 0.002, "batch_size": 16}})  # fmt: skip
     daemon.maybe_reload()
     assert daemon.settings.learner.weight_decay == 0.1 and daemon.settings.learner.lr == 0.002
+
+
+def test_secrets_compare_by_value_and_never_reach_the_log(daemon):
+    out = io.StringIO()
+    logs.configure("INFO", "json", out)
+    kafka = {"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "first-secret"}
+    daemon.settings = load_settings(
+        daemon.watcher.path, {f"kafka.{k}": v for k, v in kafka.items()}
+    )
+    _write(daemon.watcher.path, _changed(daemon, kafka={**kafka, "sasl_password": "second-secret"}))
+    daemon.maybe_reload()  # a new password is a change (restart-only), though both show masked
+    assert daemon.settings.kafka.sasl_password.get_secret_value() == "first-secret"
+    _write(daemon.watcher.path, _changed(daemon, kafka=kafka, learner={"lr": 0.002}))
+    daemon.maybe_reload()
+    assert daemon.settings.learner.lr == 0.002
+    text = out.getvalue()
+    assert "kafka.sasl_password: needs a restart" in text and "learner.lr" in text
+    assert "first-secret" not in text and "second-secret" not in text
