@@ -118,6 +118,11 @@ class EvaluationConfig(Section):
     window_seconds: float = Field(
         3600.0, gt=0, description="Time bucket of event time when a record has no task."
     )
+    reference_manifest: Path | None = Field(
+        None,
+        description="JSONL manifest of a fixed probe set the model must keep (window "
+        "'reference', never dropped).",
+    )
     eval_every: int = Field(
         1000, ge=1, description="Trained samples between probe evaluations (A_auc cadence)."
     )

@@ -37,6 +37,7 @@ class EvalReport:
 
 
 CLOSED_MEMORY = 100
+REFERENCE = "reference"
 
 
 def probe_bucket(sample_id: str) -> float:
@@ -52,6 +53,7 @@ class Evaluator:
         model: ClipModel,
         to_pixels: Callable[[Sample], torch.Tensor],
         prompt_template: str,
+        reference: Sequence[Sample] = (),
     ) -> None:
         self.cfg = cfg
         self.model = model
@@ -65,6 +67,11 @@ class Evaluator:
         self.samples = 0  # trained samples seen
         self._next_eval = cfg.eval_every
         self._base: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> base embeddings
+        if reference:  # what the base model knew and must keep: a window never dropped
+            self.matrix.track(REFERENCE, pinned=True)
+            self.probes[REFERENCE] = ReplayBuffer(len(reference))
+            for sample in reference:
+                self.probes[REFERENCE].add(sample)
 
     def reconfigure(self, cfg: EvaluationConfig) -> None:
         """Live tuning: evaluation cadence and detector thresholds."""
@@ -208,7 +215,7 @@ class Evaluator:
         self.monitor.load_state_dict(state["monitor"])
         self.probes = {}
         for window, buf_state in state["probes"].items():
-            self.probes[window] = ReplayBuffer(self.cfg.probe_per_window)
+            self.probes[window] = ReplayBuffer(buf_state["capacity"])
             self.probes[window].load_state_dict(buf_state)
         self.current = state["current"]
         self._closed = list(state["closed"])

@@ -14,19 +14,23 @@ class AccuracyMatrix:
         self.max_windows = max_windows
         self.max_curve = max_curve
         self.windows: list[str] = []  # tracked, in order of arrival
+        self.pinned: set[str] = set()  # never dropped (the fixed reference probe set)
         self.rows: dict[str, dict[str, float]] = {}
         self.latest: dict[str, float] = {}
         self.curve: list[tuple[int, float]] = []  # (samples trained, mean accuracy)
         self._auc_sum = 0.0
         self._auc_n = 0
 
-    def track(self, window: str) -> list[str]:
+    def track(self, window: str, pinned: bool = False) -> list[str]:
         """Start tracking a window; returns the windows dropped to keep the bound."""
         if window in self.windows:
             return []
         self.windows.append(window)
-        dropped = self.windows[: -self.max_windows]
-        self.windows = self.windows[-self.max_windows :]
+        if pinned:
+            self.pinned.add(window)
+        movable = [w for w in self.windows if w not in self.pinned]
+        dropped = movable[: -self.max_windows]
+        self.windows = [w for w in self.windows if w not in dropped]
         for old in dropped:
             self.rows.pop(old, None)
             self.latest.pop(old, None)
@@ -79,6 +83,7 @@ class AccuracyMatrix:
     def state_dict(self) -> dict[str, Any]:
         return {
             "windows": list(self.windows),
+            "pinned": sorted(self.pinned),
             "rows": {k: dict(v) for k, v in self.rows.items()},
             "latest": dict(self.latest),
             "curve": [list(p) for p in self.curve],
@@ -87,6 +92,7 @@ class AccuracyMatrix:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.windows = list(state["windows"])
+        self.pinned = set(state["pinned"])
         self.rows = {k: dict(v) for k, v in state["rows"].items()}
         self.latest = dict(state["latest"])
         self.curve = [(int(n), float(a)) for n, a in state["curve"]]

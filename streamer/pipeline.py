@@ -6,11 +6,14 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from streamer import datasets
 from streamer.config import Settings
+from streamer.datasets import CAPTION
 from streamer.decode import DEFAULT_LIMITS, ImageLimits, decode_image
 from streamer.evaluate import EvalReport, Evaluator
 from streamer.learner import Learner, resolve_device
@@ -71,9 +74,22 @@ def build_engine(settings: Settings) -> Engine:
     replay = ReplayBuffer(settings.replay.capacity, settings.replay.max_bytes, settings.replay.seed)
     learner = Learner(model, replay, settings.learner, partial(pair_of, model))
     evaluator = Evaluator(
-        settings.evaluation, model, partial(pixels_of, model), settings.learner.prompt_template
-    )
+        settings.evaluation, model, partial(pixels_of, model), settings.learner.prompt_template,
+        reference_probes(settings.evaluation.reference_manifest),
+    )  # fmt: skip
     return Engine(model, replay, learner, evaluator)
+
+
+def reference_probes(manifest: Path | None) -> list[Sample]:
+    """The fixed reference probe set of a JSONL manifest, as samples of window 'reference'."""
+    if manifest is None:
+        return []
+    return [
+        Sample(id=f"reference-{item.key}", image=item.encode("PNG"),
+               text=item.text or CAPTION.format(label=item.label), label=item.label,
+               task="reference")
+        for item in datasets.manifest(manifest)
+    ]  # fmt: skip
 
 
 def pixels_of(

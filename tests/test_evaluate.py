@@ -81,3 +81,26 @@ def test_periodic_evaluation_follows_the_configured_cadence(digit_stream):
     # one evaluation each time the trained count crosses a multiple of 50
     assert [n // 50 for n in samples] == list(range(1, len(samples) + 1))
     assert len(engine.evaluator.matrix.curve) == len(samples) + 1  # and the final one
+
+
+def test_a_reference_manifest_is_a_window_that_is_never_dropped(tmp_path, digit_stream):
+    import json
+
+    lines = []
+    for i, sample in enumerate(digit_stream[:12]):
+        (tmp_path / f"{i}.png").write_bytes(sample.image)
+        lines.append(json.dumps({"image": f"{i}.png", "text": sample.text, "label": sample.label}))
+    (tmp_path / "reference.jsonl").write_text("\n".join(lines))
+    settings = tiny_settings(
+        evaluation={"max_windows": 2, "reference_manifest": str(tmp_path / "reference.jsonl")}
+    )
+    engine = build_engine(settings)
+    for i, sample in enumerate(digit_stream[12:60]):
+        engine.evaluator.add_probe(_at(sample, task=f"w{i % 6}"))
+    assert "reference" in engine.evaluator.matrix.windows and len(engine.evaluator.probes) == 3
+    report = engine.evaluator.evaluate(engine.learner.labels)
+    assert "reference" in report.accuracy
+    restored = build_engine(settings)
+    restored.evaluator.load_state_dict(engine.evaluator.state_dict())
+    assert restored.evaluator.matrix.pinned == {"reference"}
+    assert len(restored.evaluator.probes["reference"]) == 12
