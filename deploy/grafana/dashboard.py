@@ -13,6 +13,7 @@ from pathlib import Path
 
 SEL = 'job="$job", instance=~"$instance"'
 DS = {"type": "prometheus", "uid": "${datasource}"}
+NAME_ONLY = {"textMode": "name", "reduceOptions": {"calcs": ["lastNotNull"]}}  # stat of a label
 
 # Exported families shown nowhere on purpose (with the reason); a test keeps this honest.
 UNPLOTTED = {
@@ -74,7 +75,7 @@ ROWS = {
             "State",
             [(f"streamer_state{{{SEL}}} == 1", "{{streamer_state}}")],
             "none",
-            options={"textMode": "name", "reduceOptions": {"calcs": ["lastNotNull"]}},
+            options=NAME_ONLY,
         ),
         stat(
             "Assigned partitions",
@@ -209,13 +210,13 @@ ROWS = {
             "Config hash",
             [(f"streamer_config_info{{{SEL}}}", "{{hash}}")],
             "none",
-            options={"textMode": "name", "reduceOptions": {"calcs": ["lastNotNull"]}},
+            options=NAME_ONLY,
         ),
         stat(
             "Build",
             [(f"streamer_build_info{{{SEL}}}", "{{model}} {{peft}} {{loss}}")],
             "none",
-            options={"textMode": "name", "reduceOptions": {"calcs": ["lastNotNull"]}},
+            options=NAME_ONLY,
         ),
     ],
 }
