@@ -36,17 +36,31 @@ def free_port() -> int:
 class EmbeddedBroker:
     """`with EmbeddedBroker(port) as broker:` starts Tansu on 127.0.0.1 and stops it after."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        host: str = "127.0.0.1",
+        advertise: str | None = None,
+    ) -> None:
         self.port = port or free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.host = host
+        self.bootstrap = f"{advertise or '127.0.0.1'}:{self.port}"  # what clients are told
         self._log_path = log_path
         self._process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> EmbeddedBroker:
-        url = f"tcp://127.0.0.1:{self.port}"
+        listen, advertised = f"tcp://{self.host}:{self.port}", f"tcp://{self.bootstrap}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                listen,
+                "--advertised-listener-url",
+                advertised,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

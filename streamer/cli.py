@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -96,7 +97,7 @@ def broker(args: argparse.Namespace) -> int:
     """The embedded Kafka-compatible broker, in the foreground."""
     from streamer.broker import EmbeddedBroker
 
-    with EmbeddedBroker(args.port) as embedded:
+    with EmbeddedBroker(args.port, host=args.host, advertise=args.advertise) as embedded:
         print(f"broker listening on {embedded.bootstrap} (memory only; Ctrl-C stops it)")
         try:
             return embedded.wait()
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         ("produce", produce, "publish a dataset stream to the configured topic"),
     ):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--config", type=Path, required=True)
+        default = os.environ.get("STREAMER_CONFIG")  # the container sets it
+        sub.add_argument("--config", type=Path, required=default is None, default=default)
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         sub.set_defaults(handler=handler)
         if name == "demo":
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(handler=check_config)
     brk = commands.add_parser("broker", help="start the embedded Kafka-compatible broker")
     brk.add_argument("--port", type=int, default=9092)
+    brk.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    brk.add_argument("--advertise", default=None, help="host name clients connect to")
     brk.set_defaults(handler=broker)
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -1,0 +1,120 @@
+"""Deployment: every overlay renders, validates offline, and has the properties we promise."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streamer.config import load_settings
+
+ROOT = Path(__file__).parent.parent
+K8S = ROOT / "deploy" / "k8s"
+CRDS = {"PodMonitor", "PrometheusRule"}  # operator CRDs: no schema offline, checked below
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl missing")
+
+
+def render(overlay: str) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)],
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name))
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev"])
+def test_overlays_render_and_validate_strictly_against_kubernetes_schemas(overlay):
+    import kubernetes_validate
+
+    docs = render(overlay)
+    for doc in docs:
+        if doc["kind"] in CRDS:
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev"])
+def test_the_learner_deployment_has_the_promised_shape(overlay):
+    docs = render(overlay)
+    deployment = find(docs, "Deployment", "streamer")
+    spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    gpu = container["resources"]["limits"].get("nvidia.com/gpu")
+    assert (gpu == 1) if overlay == "gpu" else gpu is None
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 9100}
+    restart = find(docs, "ConfigMap", "streamer-restart")
+    grace = float(restart["data"]["STREAMER_DAEMON__GRACE_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] >= grace + 15  # room to checkpoint
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["capabilities"]["drop"] == [
+        "ALL"
+    ]
+    assert security["allowPrivilegeEscalation"] is False
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert "subPath" not in mounts["config"]  # a directory mount: ConfigMap updates arrive
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "streamer-config"  # no hash suffix
+    assert restart["metadata"]["name"] != "streamer-restart"  # hashed: a change rolls pods
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == "streamer-checkpoints"
+    pvc = find(docs, "PersistentVolumeClaim", "streamer-checkpoints")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert find(docs, "PodDisruptionBudget", "streamer")["spec"]["maxUnavailable"] == 1
+    labels = deployment["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "streamer" and "app.kubernetes.io/part-of" in labels
+
+
+@needs_kubectl
+def test_monitoring_objects_carry_the_files_the_monitoring_tests_check():
+    docs = render("gpu")
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    assert find(docs, "PrometheusRule", "streamer")["spec"]["groups"] == rules["groups"]
+    dashboard = find(docs, "ConfigMap", "streamer-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["streamer.json"]) == json.loads(
+        (ROOT / "deploy" / "grafana" / "streamer.json").read_text()
+    )
+    monitor = find(docs, "PodMonitor", "streamer")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_generated_wrappers_are_up_to_date():
+    sys.path.insert(0, str(K8S))
+    import generate
+
+    assert (K8S / "base" / "prometheusrule.yaml").read_text() == generate.prometheus_rule()
+    assert (K8S / "base" / "grafana-dashboard.yaml").read_text() == generate.dashboard_configmap()
+
+
+@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev"])
+def test_the_shipped_settings_are_a_valid_config(overlay, monkeypatch):
+    env = dict(line.split("=", 1) for line in (K8S / "base" / "restart.env").read_text().split())
+    if overlay == "cpu-dev":
+        kustomization = yaml.safe_load(
+            (K8S / "overlays" / "cpu-dev" / "kustomization.yaml").read_text()
+        )
+        env |= dict(v.split("=", 1) for v in kustomization["configMapGenerator"][0]["literals"])
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(K8S / "base" / "config" / "config.yaml")
+    assert settings.kafka.topic == "image-text-pairs"
+    assert settings.model.arch == ("ViT-B-32" if overlay == "gpu" else "streamer-demo")
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    run = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "", run.stdout + run.stderr
