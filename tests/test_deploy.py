@@ -50,7 +50,9 @@ def test_the_learner_deployment_has_the_promised_shape(overlay):
     spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
-    gpu = container["resources"]["limits"].get("nvidia.com/gpu")
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= resources["requests"].keys() & resources["limits"].keys()
+    gpu = resources["limits"].get("nvidia.com/gpu")
     assert (gpu == 1) if overlay == "gpu" else gpu is None
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "metrics"
