@@ -62,7 +62,9 @@ def _create(cfg: ModelConfig) -> tuple[nn.Module, object]:
             cache_dir=str(cfg.cache_dir) if cfg.cache_dir else None,
         )
     except Exception as exc:  # any failure to read weights is the operator's to fix
-        raise ModelLoadError(f"model.pretrained: cannot load {pretrained!r}: {exc}") from exc
+        raise ModelLoadError(
+            f"cannot build {cfg.arch} with model.pretrained={pretrained!r}: {exc}"
+        ) from exc
     return net, preprocess
 
 
