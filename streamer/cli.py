@@ -14,7 +14,8 @@ import yaml
 from pydantic import ValidationError
 
 from streamer import __version__, datasets, logs
-from streamer.config import Settings, config_hash, describe_errors, effective, load_settings
+from streamer.config import Settings, config_hash, load_settings
+from streamer.config_text import describe_errors, effective
 from streamer.pipeline import build_engine, run_stream
 from streamer.report import progress_line, summary_table, write_summary
 

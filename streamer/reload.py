@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from streamer.config import Settings, describe_errors, load_settings
+from streamer.config import Settings, load_settings
+from streamer.config_text import describe_errors
 
 # Fields that take effect at the next step boundary; every other field needs a restart.
 LIVE_FIELDS = (
