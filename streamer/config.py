@@ -96,9 +96,13 @@ class DetectorConfig(Section):
         0.2, gt=0, description="PageHinkley alarm threshold, in the signal's own units."
     )
     min_instances: int = Field(10, ge=1, description="PageHinkley warm-up observations.")
+    mode: Literal["up", "down", "both"] = Field(
+        "both", description="PageHinkley: alarm on increases, decreases, or both."
+    )
 
 
-DRIFT_SIGNALS = ("accuracy", "matched_cosine", "modality_gap")
+DRIFT_SIGNALS = ("accuracy", "matched_cosine", "modality_gap", "misalignment")
+DriftSignal = Literal["accuracy", "matched_cosine", "modality_gap", "misalignment"]
 
 
 def _default_detectors() -> dict[str, DetectorConfig]:
@@ -106,6 +110,9 @@ def _default_detectors() -> dict[str, DetectorConfig]:
         "accuracy": DetectorConfig(kind="adwin", delta=0.002),
         "matched_cosine": DetectorConfig(kind="page_hinkley", threshold=0.1),
         "modality_gap": DetectorConfig(kind="page_hinkley", threshold=0.1),
+        "misalignment": DetectorConfig(
+            kind="page_hinkley", threshold=0.2, delta=0.02, min_instances=3, mode="up"
+        ),
     }
 
 
@@ -128,7 +135,21 @@ class EvaluationConfig(Section):
     )
     eval_batch_size: int = Field(256, ge=1, description="Probe samples per forward pass.")
     history: int = Field(5000, ge=10, description="Detector inputs kept for exact restore.")
-    detectors: dict[Literal["accuracy", "matched_cosine", "modality_gap"], DetectorConfig] = Field(
+    misalignment_threshold: float = Field(
+        0.15,
+        gt=0,
+        description="Misalignment score (nats) above which the towers count as drifting "
+        "apart: alert StreamerMisaligned.",
+    )
+    misalignment_window: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="Evaluations a one-sided drift must persist to count: the score is the "
+        "least instant score over this many, so the transient of joint training right after a "
+        "shift (the image tower moves first) does not count.",
+    )
+    detectors: dict[DriftSignal, DetectorConfig] = Field(
         default_factory=_default_detectors, description="Drift detector per signal."
     )
 

@@ -19,7 +19,7 @@ def _build(cfg: DetectorConfig) -> drift.ADWIN | drift.PageHinkley:
     if cfg.kind == "adwin":
         return drift.ADWIN(delta=cfg.delta)
     return drift.PageHinkley(
-        min_instances=cfg.min_instances, delta=cfg.delta, threshold=cfg.threshold, mode="both"
+        min_instances=cfg.min_instances, delta=cfg.delta, threshold=cfg.threshold, mode=cfg.mode
     )
 
 
@@ -38,7 +38,10 @@ class DriftMonitor:
         """New thresholds for the running detectors, keeping what they have seen."""
         for name, cfg in detectors.items():
             detector = self._detectors.get(name)
-            if detector is None or cfg.kind != self.cfg[name].kind:
+            if detector is None or (cfg.kind, cfg.mode) != (
+                self.cfg[name].kind,
+                self.cfg[name].mode,
+            ):
                 continue  # a different detector would start from nothing: not live
             self.cfg[name] = cfg
             detector.delta = cfg.delta

@@ -67,6 +67,7 @@ class Evaluator:
         self.samples = 0  # trained samples seen
         self._next_eval = cfg.eval_every
         self._base: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> base embeddings
+        self._instant: list[float] = []  # recent instant misalignment scores, newest last
         if reference:  # what the base model knew and must keep: a window never dropped
             self.matrix.track(REFERENCE, pinned=True)
             self.probes[REFERENCE] = ReplayBuffer(len(reference))
@@ -140,9 +141,14 @@ class Evaluator:
             texts = [s.prompt(self._template) for s in everything]
             accuracy = self._accuracy(probes, img, texts, labels)
             report_alignment = alignment.summarise(img, txt, img0, txt0, texts, base_scale)
+            report_alignment |= self.sustained_misalignment(report_alignment["misalignment"])
         self.matrix.record(accuracy, self.samples)
         alarms = self.monitor.update(
-            {k: report_alignment[k] for k in ("matched_cosine", "modality_gap") if everything}
+            {
+                k: report_alignment[k]
+                for k in ("matched_cosine", "modality_gap", "misalignment")
+                if everything
+            }
         )
         return EvalReport(
             samples=self.samples,
@@ -155,6 +161,14 @@ class Evaluator:
             alignment=report_alignment,
             alarms=tuple(alarms),
         )
+
+    def sustained_misalignment(self, instant: float) -> dict[str, float]:
+        """The score held over the last `misalignment_window` evaluations (their minimum);
+        0 until there are that many: a one-sided drift must persist to count."""
+        window = self.cfg.misalignment_window
+        self._instant = [*self._instant, instant][-window:]
+        held = min(self._instant) if len(self._instant) == window else 0.0
+        return {"misalignment_instant": instant, "misalignment": held}
 
     def _accuracy(self, probes, img, texts, labels) -> dict[str, float]:
         """Top-1 among every known label prompt and probe text (captions of unlabelled probes)."""
@@ -208,6 +222,7 @@ class Evaluator:
             "closed": list(self._closed),
             "samples": self.samples,
             "next_eval": self._next_eval,
+            "misalignment_instant": list(self._instant),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -221,4 +236,5 @@ class Evaluator:
         self._closed = list(state["closed"])
         self.samples = int(state["samples"])
         self._next_eval = int(state["next_eval"])
+        self._instant = [float(v) for v in state.get("misalignment_instant", [])]
         self._base = {}

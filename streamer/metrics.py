@@ -30,6 +30,14 @@ ALIGNMENT = {
     "modality_gap": ("quality_modality_gap", "Distance between image and text centroids."),
     "alignment": ("quality_alignment", "E|x-y|^2 over matched probe pairs (lower is better)."),
     "structure_kl": ("quality_structure_kl", "KL of image-text similarities from the base model."),
+    "misalignment": (
+        "quality_misalignment",
+        "One-sided-drift-weighted structure KL, held over the window.",
+    ),
+    "misalignment_instant": (
+        "quality_misalignment_instant",
+        "Misalignment score of the last evaluation alone.",
+    ),
 }
 
 
@@ -123,6 +131,10 @@ class Metrics:
         )
         self.drift = Gauge(
             f"{p}quality_drift_ratio", "1 - cos to the base model, per modality.", ["modality"],
+            registry=r,
+        )  # fmt: skip
+        self.misalignment_threshold = Gauge(
+            f"{p}quality_misalignment_threshold", "Misalignment score that alerts (config).",
             registry=r,
         )  # fmt: skip
         self.alarms = Counter(
@@ -235,6 +247,7 @@ def describe_build(metrics: Metrics, settings: Settings) -> None:
         "loss": learner.loss, "peft": model.peft.mode, "towers": model.peft.towers,
     })  # fmt: skip
     metrics.replay_capacity.set(settings.replay.capacity)
+    metrics.misalignment_threshold.set(settings.evaluation.misalignment_threshold)
     metrics.reload_ok.set(1)
     metrics.reload_time.set(time.time())
     metrics.config.info({"hash": config_hash(settings)})

@@ -26,6 +26,7 @@ LIVE_FIELDS = (
     "learner.lr", "learner.weight_decay", "learner.betas", "learner.grad_clip",
     "learner.steps_per_batch", "learner.replay_per_step",
     "evaluation.eval_every", "evaluation.detectors",
+    "evaluation.misalignment_threshold", "evaluation.misalignment_window",
     "checkpoint.every_steps", "checkpoint.every_seconds", "checkpoint.keep",
     "logging.level", "logging.record_error_interval_seconds",
     "dead_letter.max_share", "dead_letter.window", "metrics.stall_seconds",

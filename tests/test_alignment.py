@@ -56,3 +56,21 @@ def test_drift_and_structure_kl_see_one_modality_move():
     assert alignment.drift(rotated, img0) == pytest.approx(1.0)
     assert alignment.drift(txt0, txt0) == pytest.approx(0.0, abs=1e-7)
     assert alignment.structure_kl(rotated, txt0, img0, txt0, 10.0) > 5.0
+
+
+def test_misalignment_counts_one_sided_structure_change_only():
+    assert alignment.drift_asymmetry(0.2, 0.0) == 1.0
+    assert alignment.drift_asymmetry(0.1, 0.1) == 0.0
+    assert alignment.drift_asymmetry(0.0, 0.0) == 0.0  # nothing moved: nothing one-sided
+    assert alignment.drift_asymmetry(-1e-8, 0.0) == 0.0  # rounding below zero is no drift
+    assert alignment.misalignment(0.2, 0.0, 0.7) == pytest.approx(0.7)  # one tower: all of it
+    assert alignment.misalignment(0.1, 0.1, 0.7) == 0.0  # both alike: none of it
+    assert alignment.misalignment(0.3, 0.1, 0.8) == pytest.approx(0.8 * 0.5**2)
+
+
+def test_summary_scores_a_frozen_text_tower_by_its_structure_change():
+    img0 = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
+    moved = _unit([1, 0.5, 0], [0, 1, 0.5], [0.5, 0, 1])
+    s = alignment.summarise(moved, img0, img0, img0, ["a", "b", "c"], base_scale=10.0)
+    assert s["text_drift"] == pytest.approx(0.0, abs=1e-6)
+    assert s["misalignment"] == pytest.approx(s["structure_kl"]) and s["misalignment"] > 0

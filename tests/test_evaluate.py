@@ -62,6 +62,7 @@ def test_lora_model_has_no_drift_before_learning_and_some_after(digit_stream):
     assert before["image_drift"] == pytest.approx(0.0, abs=1e-6)
     assert before["text_drift"] == pytest.approx(0.0, abs=1e-6)
     assert before["structure_kl"] == pytest.approx(0.0, abs=1e-5)
+    assert before["misalignment_instant"] == pytest.approx(0.0, abs=1e-5)
     run_stream(engine, digit_stream[40:200], batch_size=16)
     after = engine.evaluator.evaluate(engine.learner.labels).alignment
     assert after["image_drift"] > 1e-5 and after["text_drift"] > 1e-5
@@ -69,6 +70,7 @@ def test_lora_model_has_no_drift_before_learning_and_some_after(digit_stream):
         "matched_cosine", "modality_gap", "alignment", "uniformity_image", "uniformity_text",
         "recall_at_1_image_to_text", "recall_at_1_text_to_image", "recall_at_5_image_to_text",
         "recall_at_5_text_to_image", "image_drift", "text_drift", "structure_kl",
+        "misalignment", "misalignment_instant",
     }  # fmt: skip
     assert set(after) == expected
 
