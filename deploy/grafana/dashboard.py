@@ -164,6 +164,15 @@ ROWS = {
             [(f"streamer_quality_drift_ratio{{{SEL}}}", "{{modality}}")],
             "none",
         ),
+        ts(
+            "Misalignment (nats)",
+            [
+                (f"streamer_quality_misalignment{{{SEL}}}", "held over the window"),
+                (f"streamer_quality_misalignment_instant{{{SEL}}}", "last evaluation"),
+                (f"streamer_quality_misalignment_threshold{{{SEL}}}", "alert threshold"),
+            ],
+            "none",
+        ),
         ts("Similarity-structure KL", [(f"streamer_quality_structure_kl{{{SEL}}}", "KL")], "none"),
         ts(
             "Recall@1",
