@@ -63,6 +63,7 @@ class Daemon:
         self.stop = threading.Event()
         self.last_checkpoint: str | None = None
         self.last_step_time = time.time()  # the stall clock starts at start-up
+        self.last_latencies: list[float] = []  # produce-to-trained seconds of the last batch
         self._invalid = deque(maxlen=settings.dead_letter.window)
         interval = settings.logging.record_error_interval_seconds
         self._refused = RateLimited(log, "record refused", interval)
@@ -147,6 +148,12 @@ class Daemon:
         self._check_flood()
         if pairs:
             outcome = self.engine.learn(pairs)
+            now = time.time()
+            self.last_latencies = [
+                now - item.raw.timestamp_ms / 1000 for item in items if item.error is None
+            ]
+            for latency in self.last_latencies:
+                self.metrics.latency.observe(latency)
             self._account(pairs, outcome)
         for item in items:
             self.offsets[item.partition] = item.raw.offset + 1

@@ -25,6 +25,7 @@ from streamer.source import KafkaSource
 
 STATES = ["starting", "restoring", "running", "paused", "draining", "failed"]
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 ALIGNMENT = {
     "matched_cosine": ("quality_matched_cosine_ratio", "Mean cosine of matched probe pairs."),
     "modality_gap": ("quality_modality_gap", "Distance between image and text centroids."),
@@ -77,6 +78,11 @@ class Metrics:
         self.commit_failures = Counter(
             f"{p}kafka_commit_failures_total", "Offset commits refused.", registry=r
         )
+        self.latency = Histogram(
+            f"{p}record_latency_seconds",
+            "From a record's Kafka timestamp to the end of the step that took it in.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         # Training
         self.steps = Counter(f"{p}train_steps_total", "Learner steps (fresh batches).", registry=r)
         self.step_seconds = Histogram(

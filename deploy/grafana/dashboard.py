@@ -62,6 +62,14 @@ ROWS = {
             "reqps",
         ),
         ts(
+            "Produce-to-trained latency p50 / p99",
+            [
+                (quantile(0.5, "streamer_record_latency_seconds"), "p50"),
+                (quantile(0.99, "streamer_record_latency_seconds"), "p99"),
+            ],
+            "s",
+        ),
+        ts(
             "Lag per partition",
             [(f"streamer_kafka_partition_lag_records{{{SEL}}}", "{{partition}}")],
             "short",
