@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # prometheus for promtool and the end-to-end monitoring tests.
 DEB_PACKAGES := dataset-fashion-mnist prometheus
 
-.PHONY: setup test test-fast lint format demo clean
+.PHONY: setup test test-fast lint format demo bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/streamer demo --config configs/demo.yaml --out demo-out
+
+# Both benchmarks at a 2-core CPU size (about 15 min); results in benchmarks/results/.
+# Bigger runs: see benchmarks/README.md (BENCH_ARGS / QUALITY_ARGS pass flags through).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/quality.py $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
