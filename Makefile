@@ -37,7 +37,7 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/streamer demo --config configs/demo.yaml --out demo-out
 
-# Both benchmarks at a 2-core CPU size (about 15 min); results in benchmarks/results/.
+# Both benchmarks at a 2-core CPU size (about 17 min); results in benchmarks/results/.
 # Bigger runs: see benchmarks/README.md (BENCH_ARGS / QUALITY_ARGS pass flags through).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
