@@ -40,7 +40,7 @@ from streamer.pipeline import build_engine, run_stream
 from streamer.records import Sample
 
 METHODS: dict[str, dict[str, Any]] = {
-    "frozen": {"loss": "sit", "replay": 0, "lr": None},
+    "frozen": {"loss": "sit", "replay": 0, "frozen": True},
     "naive": {"loss": "clip", "replay": 0},
     "asymmetric+replay": {"loss": "asymmetric", "replay": 1000},
     "sit": {"loss": "sit", "replay": 0},
@@ -75,7 +75,8 @@ def run(name: str, stream: list[Sample], args, seed: int) -> dict[str, Any]:
         if report is not None and report.accuracy:
             curve.append((report.samples, statistics.mean(report.accuracy.values())))
 
-    if method.get("lr", True) is None:  # frozen: probes only, scored as the stream passes
+    no_matrix = method.get("frozen") or method.get("iid")  # no windows trained in order
+    if method.get("frozen"):  # probes only, scored once at the end
         for sample in stream:
             if engine.evaluator.is_probe(sample):
                 engine.evaluator.add_probe(sample)
@@ -94,13 +95,12 @@ def run(name: str, stream: list[Sample], args, seed: int) -> dict[str, Any]:
     else:
         final = run_stream(engine, stream, args.batch_size, on_step)
     a = final.alignment
-    iid_or_frozen = "iid" in method or method.get("lr", True) is None
     return {
         "method": name, "seed": seed, "curve": curve,
-        "a_auc": math.nan if iid_or_frozen else final.a_auc,
+        "a_auc": math.nan if no_matrix else final.a_auc,
         "a_last": statistics.mean(final.accuracy.values()),
-        "average_forgetting": math.nan if iid_or_frozen else final.average_forgetting,
-        "bwt": math.nan if iid_or_frozen else final.bwt,
+        "average_forgetting": math.nan if no_matrix else final.average_forgetting,
+        "bwt": math.nan if no_matrix else final.bwt,
         "modality_gap": a.get("modality_gap", math.nan),
         "misalignment": a.get("misalignment", math.nan),
         "accuracy": final.accuracy,

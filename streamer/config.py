@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -101,8 +101,8 @@ class DetectorConfig(Section):
     )
 
 
-DRIFT_SIGNALS = ("accuracy", "matched_cosine", "modality_gap", "misalignment")
 DriftSignal = Literal["accuracy", "matched_cosine", "modality_gap", "misalignment"]
+DRIFT_SIGNALS: tuple[str, ...] = get_args(DriftSignal)
 
 
 def _default_detectors() -> dict[str, DetectorConfig]:

@@ -150,10 +150,9 @@ class Daemon:
             outcome = self.engine.learn(pairs)
             now = time.time()
             self.last_latencies = [
-                now - item.raw.timestamp_ms / 1000 for item in items if item.error is None
+                now - i.raw.timestamp_ms / 1000 for i in items if i.error is None
             ]
-            for latency in self.last_latencies:
-                self.metrics.latency.observe(latency)
+            self.metrics.observe_latencies(self.last_latencies)
             self._account(pairs, outcome)
         for item in items:
             self.offsets[item.partition] = item.raw.offset + 1

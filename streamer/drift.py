@@ -37,11 +37,8 @@ class DriftMonitor:
     def retune(self, detectors: Mapping[str, DetectorConfig]) -> None:
         """New thresholds for the running detectors, keeping what they have seen."""
         for name, cfg in detectors.items():
-            detector = self._detectors.get(name)
-            if detector is None or (cfg.kind, cfg.mode) != (
-                self.cfg[name].kind,
-                self.cfg[name].mode,
-            ):
+            detector, old = self._detectors.get(name), self.cfg.get(name)
+            if detector is None or old is None or (cfg.kind, cfg.mode) != (old.kind, old.mode):
                 continue  # a different detector would start from nothing: not live
             self.cfg[name] = cfg
             detector.delta = cfg.delta

@@ -37,6 +37,7 @@ class EvalReport:
 
 
 CLOSED_MEMORY = 100
+PROBE_SIGNALS = ("matched_cosine", "modality_gap", "misalignment")  # detectors fed per evaluation
 REFERENCE = "reference"
 
 
@@ -144,11 +145,7 @@ class Evaluator:
             report_alignment |= self.sustained_misalignment(report_alignment["misalignment"])
         self.matrix.record(accuracy, self.samples)
         alarms = self.monitor.update(
-            {
-                k: report_alignment[k]
-                for k in ("matched_cosine", "modality_gap", "misalignment")
-                if everything
-            }
+            {k: v for k, v in report_alignment.items() if k in PROBE_SIGNALS}
         )
         return EvalReport(
             samples=self.samples,

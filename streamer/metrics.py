@@ -164,6 +164,10 @@ class Metrics:
         self.rebalances_seen = 0
         self.lag_partitions: set[str] = set()
 
+    def observe_latencies(self, seconds: list[float]) -> None:
+        for value in seconds:
+            self.latency.observe(value)
+
     def observe_step(self, result: StepResult) -> None:
         self.steps.inc()
         self.step_seconds.observe(result.seconds)
