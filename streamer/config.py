@@ -240,6 +240,22 @@ class DaemonConfig(Section):
     retry_backoff_max_seconds: float = Field(30.0, gt=0, description="Longest retry delay.")
 
 
+class DistributedConfig(Section):
+    """Scale-out under torchrun; ignored when the process is not launched distributed."""
+
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Collective backend: auto = nccl on CUDA, gloo on CPU."
+    )
+    timeout_seconds: float = Field(
+        600.0, gt=0, description="A collective waiting longer than this fails the job (restart)."
+    )
+    gather_features: bool = Field(
+        False,
+        description="SIT over the global batch: every rank's features are gathered, so "
+        "negatives and shared positives span all ranks (exact gradient of the global loss).",
+    )
+
+
 class MetricsConfig(Section):
     host: str = Field("0.0.0.0", description="Address of /metrics, /healthz, /readyz.")
     port: int = Field(9100, ge=0, le=65535, description="Port (0 = any free port).")
@@ -290,6 +306,7 @@ class Settings(BaseSettings):
     dead_letter: DeadLetterConfig = DeadLetterConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     daemon: DaemonConfig = DaemonConfig()
+    distributed: DistributedConfig = DistributedConfig()
     model: ModelConfig = ModelConfig()
     learner: LearnerConfig = LearnerConfig()
     replay: ReplayConfig = ReplayConfig()

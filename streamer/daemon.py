@@ -18,11 +18,13 @@ from collections.abc import Callable
 import structlog
 from prometheus_client import CollectorRegistry
 
-from streamer import codec
+from streamer import codec, snapshot
 from streamer.checkpoint import Checkpointer, CheckpointError
 from streamer.config import Settings, config_hash
+from streamer.distributed import World
+from streamer.learner import resolve_device
 from streamer.logs import RateLimited, set_level
-from streamer.metrics import HealthServer, Metrics, describe_build, observe_source
+from streamer.metrics import HealthServer, Metrics, describe_build, observe_source, with_rank
 from streamer.pipeline import Engine, Outcome, build_engine, pair_of
 from streamer.records import Pair, RawRecord
 from streamer.reload import ConfigWatcher, ReloadRejected
@@ -48,11 +50,14 @@ class Daemon:
         on_step: Callable[[Outcome, Daemon], None] | None = None,
         registry: CollectorRegistry | None = None,
         watcher: ConfigWatcher | None = None,
+        world: World | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics(registry or CollectorRegistry())
         self.state = "starting"
-        self.engine = engine or build_engine(settings)
+        device = resolve_device(settings.learner.device)
+        self.world = world or World.from_env(settings.distributed, device)  # torchrun, or one
+        self.engine = engine or build_engine(settings, self.world)
         self.checkpointer = Checkpointer(settings.checkpoint)
         self.dead_letters = DeadLetters(settings.kafka)
         self.on_step = on_step
@@ -87,18 +92,23 @@ class Daemon:
         self._restore()  # weights, optimizer, replay, evaluator, offsets
         kafka, daemon = self.settings.kafka, self.settings.daemon
         backoff = (daemon.retry_backoff_seconds, daemon.retry_backoff_max_seconds)
-        self.source = KafkaSource(kafka, self._decode, self.offsets, backoff)
+        owns = self.world.owns if self.world.active else None  # a fixed share, or the group's
+        self.source = KafkaSource(kafka, self._decode, self.offsets, backoff, owns)
         self.source.start()
         self.state = "running"
         try:
-            while not self.stop.is_set():
+            while True:
                 items = self.source.get(self.settings.learner.batch_size, kafka.linger_ms / 1000)
-                self._process(items)  # dead-letter the refused, hold out probes, train the rest
+                turn = self._agree(items)  # every rank decides the same, or collectives hang
+                self._process(items, turn["train"])  # dead-letter, hold out probes, train
                 self._handle_revocation()  # partitions leaving: checkpoint and commit them first
-                if self.checkpointer.due(self.engine.learner.steps) and self._dirty:
+                if turn["due"] and turn["dirty"]:
                     self.checkpoint_and_commit()
                 observe_source(self.metrics, self.source, self.offsets, self.engine.replay)
-                self.maybe_reload()  # a changed config applies between steps
+                if turn["reload"]:
+                    self.reload()  # a changed config applies between steps, on every rank
+                if turn["stop"]:
+                    break
             self.state = "draining"
             self.checkpoint_and_commit()  # a graceful stop loses nothing
             return 0
@@ -112,9 +122,26 @@ class Daemon:
             self.dead_letters.close()
             server.stop()
 
+    def _agree(self, items: list[Item]) -> dict[str, bool]:
+        """What every rank does this turn: train (at zero weight without data), checkpoint
+        (rank 0's clock, any rank's progress), reload (rank 0 reads the file), stop."""
+        evaluator, root = self.engine.evaluator, self.world.is_root
+        train = any(i.error is None and not evaluator.is_probe(i.pair.sample) for i in items)
+        return self.world.agree({
+            "train": train,
+            "due": root and self.checkpointer.due(self.engine.learner.steps),
+            "dirty": bool(self._dirty or items),
+            "reload": root and self.watcher is not None and self.watcher.changed(),
+            "stop": self.stop.is_set(),
+        })  # fmt: skip
+
     def _serve_metrics(self) -> HealthServer:
-        cfg = self.settings.metrics
-        server = HealthServer(self.metrics.registry, self.healthy, self.ready, cfg.host, cfg.port)
+        cfg, world = self.settings.metrics, self.world
+        port = cfg.port + world.local_rank if cfg.port else 0  # ranks of a node share its host
+        registry = with_rank(self.metrics.registry, world.rank) if world.active else None
+        server = HealthServer(
+            registry or self.metrics.registry, self.healthy, self.ready, cfg.host, port
+        )
         self.metrics_port = server.port
         describe_build(self.metrics, self.settings)
         return server.start()
@@ -136,7 +163,7 @@ class Daemon:
             return False, f"{self.state}, not yet in the group"
         return True, f"running with {len(self.source.assigned)} partitions"
 
-    def _process(self, items: list[Item]) -> None:
+    def _process(self, items: list[Item], train: bool) -> None:
         self.metrics.consumed.inc(len(items))
         pairs: list[Pair] = []
         for item in items:
@@ -146,8 +173,8 @@ class Daemon:
             else:
                 pairs.append(item.pair)
         self._check_flood()
-        if pairs:
-            outcome = self.engine.learn(pairs)
+        if pairs or train:
+            outcome = self.engine.learn(pairs, step_anyway=train)
             now = time.time()
             self.last_latencies = [
                 now - i.raw.timestamp_ms / 1000 for i in items if i.error is None
@@ -201,13 +228,21 @@ class Daemon:
 
     # -- live config ---------------------------------------------------------------------
     def maybe_reload(self) -> None:
-        if self.watcher is None or not self.watcher.changed():
-            return
-        try:
-            new, changes = self.watcher.load(self.settings)
-        except ReloadRejected as exc:
+        if self.watcher is not None and self.watcher.changed():
+            self.reload()
+
+    def reload(self) -> None:
+        """Rank 0 reads and validates the file; every rank applies the same outcome."""
+        outcome: tuple | None = None
+        if self.world.is_root:
+            try:
+                outcome = (*self.watcher.load(self.settings), [])
+            except ReloadRejected as exc:
+                outcome = (None, {}, exc.problems)
+        new, changes, problems = self.world.broadcast(outcome)
+        if new is None:
             self.metrics.reload_ok.set(0)
-            log.error("config reload rejected; the current config stays", problems=exc.problems)
+            log.error("config reload rejected; the current config stays", problems=problems)
             return
         self.settings = new
         self.engine.learner.reconfigure(new.learner)
@@ -233,47 +268,90 @@ class Daemon:
         self.metrics.ckpt_last.set(time.time())
 
     def _checkpoint_and_commit(self, extra: set[Partition]) -> None:
+        """Every rank hands rank 0 its shard; rank 0 writes one checkpoint; once it is
+        durable (announced to all), each rank commits its own partitions' offsets."""
         self.dead_letters.flush()
-        state = self.engine.state_dict()
-        weights = state["learner"].pop("weights")
-        meta = {  # what a restore resumes from, besides the engine's state; readable by people
-            "step": self.engine.learner.steps,
-            "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.offsets.items())},
-            "counts": dict(self.counts),
-            "digest": str(self.digest),
-            "config_hash": config_hash(self.settings),
-        }
-        self.last_checkpoint = self.checkpointer.save(weights, state, meta)
-        structlog.contextvars.bind_contextvars(checkpoint=self.last_checkpoint)
+        shards = self.world.gather(self._shard())  # a barrier: every rank is at this step
+        outcome = self._write(shards) if self.world.is_root else None
+        ckpt_id, error = self.world.broadcast(outcome)
+        if error is not None:
+            raise CheckpointError(error)
+        self.last_checkpoint = ckpt_id
+        structlog.contextvars.bind_contextvars(checkpoint=ckpt_id)
         self._dirty.clear()
         if self.source is not None:
             self.source.start_offsets.update(self.offsets)
             owned = self.source.assigned | set(extra)
             mine = {p: o for p, o in self.offsets.items() if p in owned}
-            if not self.source.commit(mine, self.last_checkpoint):
+            if not self.source.commit(mine, ckpt_id):
                 self.counts["commit_failures"] += 1
                 self.metrics.commit_failures.inc()
-        log.info("checkpoint", id=self.last_checkpoint, step=meta["step"], offsets=meta["offsets"])
+        log.info("checkpoint", id=ckpt_id, step=self.engine.learner.steps,
+                 offsets={f"{t}:{p}": o for (t, p), o in sorted(self.offsets.items())})  # fmt: skip
+
+    def _shard(self) -> snapshot.Shard:
+        """This rank's part of a checkpoint; weights and optimizer only from rank 0."""
+        state = self.engine.state_dict()
+        weights = state["learner"].pop("weights")
+        optimizer = state["learner"].pop("optimizer")
+        return {
+            **state,
+            "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.offsets.items())},
+            "counts": dict(self.counts),
+            "digest": str(self.digest),
+            "fingerprint": snapshot.fingerprint(weights) if self.world.active else "",
+            "shared": (weights, optimizer) if self.world.is_root else None,
+        }
+
+    def _write(self, shards: list[snapshot.Shard]) -> tuple[str | None, str | None]:
+        """Rank 0: the job's checkpoint -> (id, None), or (None, why it was not written)."""
+        weights, optimizer = shards[0]["shared"]
+        for shard in shards:
+            del shard["shared"]
+        prints = {shard["fingerprint"] for shard in shards}
+        if len(prints) > 1:  # the update was not the same everywhere: keep the last good one
+            return None, f"replicas diverged: trainable weights differ across ranks {prints}"
+        extra = {"step": self.engine.learner.steps, "config_hash": config_hash(self.settings)}
+        state, meta = snapshot.merge(shards, optimizer, extra)
+        try:
+            return self.checkpointer.save(weights, state, meta), None
+        except CheckpointError as exc:
+            return None, str(exc)
 
     def _restore(self) -> None:
+        """Rank 0 reads the newest checkpoint; every rank gets the weights and its shard."""
         self.state = "restoring"
-        self.checkpointer.discard_partial()
-        checkpoint = self.checkpointer.latest()
-        if checkpoint is None:
+        checkpoint = None
+        if self.world.is_root:
+            self.checkpointer.discard_partial()
+            checkpoint = self.checkpointer.latest()
+        found = self.world.broadcast(checkpoint.id if checkpoint else None)
+        if found is None:
+            self._align_fresh()
             log.info("no checkpoint; starting from the base model")
             return
-        state = checkpoint.state
-        state["learner"]["weights"] = checkpoint.weights
-        self.engine.load_state_dict(state)
-        meta = checkpoint.meta
+        shards, shared = None, None
+        if checkpoint is not None:
+            shards = snapshot.split(checkpoint.state, checkpoint.meta, self.world.size)
+            shared = (checkpoint.weights, checkpoint.state["optimizer"])
+        shard = self.world.scatter(shards)
+        weights, optimizer = self.world.broadcast(shared)
+        shard["learner"] |= {"weights": weights, "optimizer": optimizer}
+        self.engine.load_state_dict(shard)
         self.offsets = {
             (key.rsplit(":", 1)[0], int(key.rsplit(":", 1)[1])): int(o)
-            for key, o in meta["offsets"].items()
+            for key, o in shard["offsets"].items()
         }
-        self.counts = Counter({k: int(v) for k, v in meta["counts"].items()})
-        self.digest = int(meta["digest"])
-        self.last_checkpoint = checkpoint.id
-        log.info("restored", id=checkpoint.id, step=self.engine.learner.steps)
+        self.counts = Counter({k: int(v) for k, v in shard["counts"].items()})
+        self.digest = int(shard["digest"])
+        self.last_checkpoint = found
+        log.info("restored", id=found, step=self.engine.learner.steps)
+
+    def _align_fresh(self) -> None:
+        """A new job: every rank starts from rank 0's trainable weights."""
+        if self.world.active:
+            model = self.engine.model
+            model.load_trainable_state(self.world.broadcast(model.trainable_state()))
 
     def _handle_revocation(self) -> None:
         revocation = self.source.pending_revocation()

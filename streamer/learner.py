@@ -15,6 +15,7 @@ import torch
 
 from streamer import losses
 from streamer.config import LearnerConfig
+from streamer.distributed import World
 from streamer.model import ClipModel
 from streamer.records import Pair, Sample, StepResult
 from streamer.replay import ReplayBuffer
@@ -34,8 +35,12 @@ class Learner:
         cfg: LearnerConfig,
         to_pair: Callable[[Sample], Pair],
         clock: Callable[[], float] = time.perf_counter,
+        world: World | None = None,
+        gather_features: bool = False,
     ) -> None:
         self.model = model
+        self.world = world or World()  # gradients are averaged over its ranks
+        self.gather_features = gather_features
         self.replay = replay
         self.cfg = cfg
         self._to_pair = to_pair  # decodes replayed samples
@@ -89,6 +94,13 @@ class Learner:
             logit_scale=float(self.model.logit_scale().detach()),
         )
 
+    def idle_step(self) -> None:
+        """A rank without data this turn: join the turn's collectives, apply the same update."""
+        for _ in range(self.cfg.steps_per_batch):
+            self._update([])
+        self.model.net.eval()
+        self.steps += 1  # the global step count: the same on every rank
+
     @torch.no_grad()
     def score(self, batch: Sequence[Pair]) -> tuple[float, float]:
         """Loss and top-1 accuracy on a batch the model has not learned from.
@@ -108,23 +120,39 @@ class Learner:
         return float(loss), float(accuracy)
 
     def _update(self, batch: list[Pair]) -> float | None:
-        """One optimizer step; skipped (weights untouched) on a non-finite loss or gradient."""
+        """One optimizer step; skipped (weights untouched) on a non-finite loss or gradient.
+
+        Distributed, every rank's gradient joins the average (an empty batch with zero
+        weight), and a non-finite loss on any rank makes every rank skip.
+        """
         self.model.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            img = self.model.encode_images(_pixels(batch))
-            loss = self._loss(img, self._prompts(batch), self.model.logit_scale())
-        value = float(loss.detach())
-        if not torch.isfinite(loss):
+        gather = self._gathering()
+        loss = None
+        if batch or gather:  # a rank without data still joins the feature gather
+            with self._autocast():
+                img = self.model.encode_images(_pixels(batch)) if batch else self._no_rows()
+                loss = self._loss(img, self._prompts(batch), self.model.logit_scale())
+        finite = loss is None or bool(torch.isfinite(loss))
+        if loss is not None and batch and finite:
+            loss.backward()
+        weight = float(bool(batch)) if gather else float(len(batch))
+        if not self.world.reduce_gradients(self._params, weight, finite, mean=not gather):
+            self.optimizer.zero_grad(set_to_none=True)
             return None
-        loss.backward()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
         if not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
-        return value
+        return float(loss.detach()) if loss is not None else None
+
+    def _gathering(self) -> bool:
+        return self.gather_features and self.cfg.loss == "sit" and self.world.active
+
+    def _no_rows(self) -> torch.Tensor:
+        return torch.zeros(0, self.model.embed_dim, device=self.model.device)  # img [0, D]
 
     def _loss(self, img: torch.Tensor, prompts: list[str], scale: torch.Tensor) -> torch.Tensor:
         """img [B, D] and the B prompts -> the configured loss."""
@@ -134,8 +162,25 @@ class Learner:
             texts, target = losses.unique_targets([*self.labels, *prompts])
             target = target[len(self.labels) :].to(img.device)
             return losses.asymmetric(img, self.model.encode_texts(texts), target, scale)
+        if self._gathering():
+            return self._global_sit(img, prompts, scale)
         texts, target = losses.unique_targets(prompts)
         return losses.sit(img, self.model.encode_texts(texts), target.to(img.device), scale)
+
+    def _global_sit(self, img: torch.Tensor, prompts: list[str], scale: torch.Tensor):
+        """SIT over every rank's rows: negatives and shared positives span the global batch."""
+        texts, target = losses.unique_targets(prompts)
+        txt = self.model.encode_texts(texts)[target.to(img.device)] if prompts else img  # [b, D]
+        img, txt, prompts, ranks = self.world.gather_batch(img, txt, prompts)  # [N, D] each
+        ranks = max(ranks, 1)
+        first: dict[str, int] = {}
+        for row, prompt in enumerate(prompts):
+            first.setdefault(prompt, row)
+        texts, target = losses.unique_targets(prompts)
+        # Every contributing rank computes this same loss with the same scale: give each a
+        # 1/ranks share of the scale's gradient, so their sum is the loss's own gradient.
+        scale = scale / ranks + (scale * (1 - 1 / ranks)).detach()
+        return losses.sit(img, txt[list(first.values())], target.to(img.device), scale)
 
     def _prompts(self, batch: Sequence[Pair]) -> list[str]:
         return [p.sample.prompt(self.cfg.prompt_template) for p in batch]

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from streamer import __version__
 from streamer.codec import REASONS
@@ -248,6 +249,28 @@ class HealthServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _RankLabelled:
+    """Every sample of a registry with a `rank` label added (bounded by the world size)."""
+
+    def __init__(self, registry: CollectorRegistry, rank: int) -> None:
+        self.registry, self.rank = registry, str(rank)
+
+    def collect(self):
+        for family in self.registry.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            for s in family.samples:
+                out.add_sample(s.name, {**s.labels, "rank": self.rank}, s.value, s.timestamp,
+                               s.exemplar)  # fmt: skip
+            yield out
+
+
+def with_rank(registry: CollectorRegistry, rank: int) -> CollectorRegistry:
+    """A registry serving `registry`'s metrics, each labelled with this process's rank."""
+    labelled = CollectorRegistry(auto_describe=False)
+    labelled.register(_RankLabelled(registry, rank))
+    return labelled
 
 
 def describe_build(metrics: Metrics, settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -125,6 +126,12 @@ class ClipModel:
         """texts [T] -> unit embeddings [T, D]."""
         tokens = self.tokenizer(list(texts)).to(self.device, non_blocking=True)
         return F.normalize((net or self.net).encode_text(tokens).float(), dim=-1)
+
+    @functools.cached_property
+    def embed_dim(self) -> int:
+        """D of the joint embedding space (read off one encoding: it varies by architecture)."""
+        with torch.no_grad():
+            return int(self.encode_texts([""]).shape[1])
 
     @contextmanager
     def base(self) -> Iterator[nn.Module]:

@@ -15,6 +15,7 @@ from streamer import datasets
 from streamer.config import Settings
 from streamer.datasets import CAPTION
 from streamer.decode import DEFAULT_LIMITS, ImageLimits, decode_image
+from streamer.distributed import World, local_device
 from streamer.evaluate import EvalReport, Evaluator
 from streamer.learner import Learner, resolve_device
 from streamer.model import ClipModel
@@ -39,8 +40,11 @@ class Engine:
     def to_pair(self, sample: Sample) -> Pair:
         return pair_of(self.model, sample)
 
-    def learn(self, pairs: Sequence[Pair]) -> Outcome:
-        """Hold out the probe slice; test-then-train on the rest; evaluate when due."""
+    def learn(self, pairs: Sequence[Pair], step_anyway: bool = False) -> Outcome:
+        """Hold out the probe slice; test-then-train on the rest; evaluate when due.
+
+        `step_anyway`: with nothing to train, still join the step of the other ranks.
+        """
         train = []
         for pair in pairs:
             if self.evaluator.is_probe(pair.sample):
@@ -48,6 +52,8 @@ class Engine:
             else:
                 train.append(pair)
         if not train:
+            if step_anyway:
+                self.learner.idle_step()
             return Outcome(None, None, probes=len(pairs))
         labels = self.learner.labels
         boundary = self.evaluator.before_step([p.sample for p in train], labels)  # row closes
@@ -64,15 +70,21 @@ class Engine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
-        self.replay.load_state_dict(state["replay"])
-        self.evaluator.load_state_dict(state["evaluator"])
+        if state["replay"] is not None:  # None: a rank new to the job starts these empty
+            self.replay.load_state_dict(state["replay"])
+        if state["evaluator"] is not None:
+            self.evaluator.load_state_dict(state["evaluator"])
 
 
-def build_engine(settings: Settings) -> Engine:
-    device = resolve_device(settings.learner.device)
+def build_engine(settings: Settings, world: World | None = None) -> Engine:
+    world = world or World()
+    device = local_device(resolve_device(settings.learner.device), world.local_rank)
     model = ClipModel(settings.model, device, seed=settings.learner.seed)
-    replay = ReplayBuffer(settings.replay.capacity, settings.replay.max_bytes, settings.replay.seed)
-    learner = Learner(model, replay, settings.learner, partial(pair_of, model))
+    replay = ReplayBuffer(
+        settings.replay.capacity, settings.replay.max_bytes, settings.replay.seed + world.rank
+    )  # each rank's reservoir draws differently
+    learner = Learner(model, replay, settings.learner, partial(pair_of, model), world=world,
+                      gather_features=settings.distributed.gather_features)  # fmt: skip
     evaluator = Evaluator(
         settings.evaluation, model, partial(pixels_of, model), settings.learner.prompt_template,
         reference_probes(settings.evaluation.reference_manifest),

@@ -71,8 +71,10 @@ class KafkaSource:
         decode: Callable[[RawRecord], Pair],
         start_offsets: dict[Partition, int],
         backoff: tuple[float, float] = (1.0, 30.0),
+        owns: Callable[[list[int]], list[int]] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._owns = owns  # a fixed share of partitions (assign), else the group decides
         self._decode = decode
         self.start_offsets = dict(start_offsets)  # from the checkpoint
         self.last_committed: dict[Partition, int] = {}  # our successful commits
@@ -193,11 +195,65 @@ class KafkaSource:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._backoff[1])
                 continue
-            consumer.subscribe([self.cfg.topic], listener=_Listener(self, consumer))
+            if self._owns is None:
+                consumer.subscribe([self.cfg.topic], listener=_Listener(self, consumer))
+            elif not self._assign(consumer):
+                break
             self._consumer = consumer
             self.connected.set()
             return consumer
         return None
+
+    def _assign(self, consumer: KafkaConsumer) -> bool:
+        """Take this rank's share of the topic's partitions, positioned; False when stopped."""
+        while (partitions := consumer.partitions_for_topic(self.cfg.topic)) is None:
+            log.info("waiting for the topic to exist", topic=self.cfg.topic)
+            if self._stop.wait(self._backoff[0]):
+                consumer.close(autocommit=False)
+                return False
+        mine = [TopicPartition(self.cfg.topic, p) for p in self._owns(sorted(partitions))]
+        consumer.assign(mine)
+        for tp in mine:  # blocking is fine here: no group protocol waits on this thread
+            theirs = consumer.committed(tp)
+            self.position(consumer, tp, theirs)
+        self.assigned = {(tp.topic, tp.partition) for tp in mine}
+        self.rebalances += 1
+        if not mine:
+            log.warning("no partition for this rank: it takes zero-weight steps only",
+                        partitions=len(partitions))  # fmt: skip
+        log.info("partitions assigned", partitions=sorted(self.assigned), mode="assign")
+        return True
+
+    def position(self, consumer: KafkaConsumer, tp: TopicPartition, theirs: int | None) -> None:
+        """Seek to where this partition resumes (always explicit: kafka-python keeps the fetch
+        position of a partition assigned again, and records fetched past our accounting were
+        dropped)."""
+        target = self._resume_offset((tp.topic, tp.partition), theirs)
+        if target is not None:
+            consumer.seek(tp, target)
+        elif self.cfg.auto_offset_reset == "earliest":
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek_to_end(tp)
+
+    def _resume_offset(self, partition: Partition, theirs: int | None) -> int | None:
+        """Where to resume: after our checkpoint or the group's commit, whichever is further.
+
+        A group commit below our own last commit means the broker lost or reset it (topic
+        recreated, offsets reset by an operator, a memory-only broker restarted): follow the
+        broker, and its reset policy when it has no offset.
+        """
+        ours = self.start_offsets.get(partition)
+        ours_committed = self.last_committed.get(partition)
+        if ours_committed is not None and (theirs is None or theirs < ours_committed):
+            log.warning("group offset went back; following the broker", partition=partition,
+                        committed=theirs, ours=ours_committed,
+                        reset=self.cfg.auto_offset_reset)  # fmt: skip
+            self.start_offsets.pop(partition, None)
+            self.last_committed.pop(partition, None)
+            return theirs
+        known = [o for o in (ours, theirs) if o is not None and o >= 0]
+        return max(known) if known else None
 
     def _apply_backpressure(self, consumer: KafkaConsumer) -> None:
         """Pause every assigned partition while the queue is full; resume at half.
@@ -267,34 +323,7 @@ class _Listener(AsyncConsumerRebalanceListener):
         committed = await self._coordinator.fetch_committed_offsets_async(set(assigned))
         for tp in assigned:
             theirs = committed.get(tp).offset if committed.get(tp) is not None else None
-            target = self._resume_offset((tp.topic, tp.partition), theirs)
-            # Always position explicitly: kafka-python keeps the fetch position of a partition
-            # assigned again, and records fetched past our accounting were dropped.
-            if target is not None:
-                self.consumer.seek(tp, target)
-            elif self.source.cfg.auto_offset_reset == "earliest":
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek_to_end(tp)
+            self.source.position(self.consumer, tp, theirs)
         self.source.assigned |= {(tp.topic, tp.partition) for tp in assigned}
         self.source.rebalances += 1
         log.info("partitions assigned", partitions=sorted(self.source.assigned))
-
-    def _resume_offset(self, partition: Partition, theirs: int | None) -> int | None:
-        """Where to resume: after our checkpoint or the group's commit, whichever is further.
-
-        A group commit below our own last commit means the broker lost or reset it (topic
-        recreated, offsets reset by an operator, a memory-only broker restarted): follow the
-        broker, and its reset policy when it has no offset.
-        """
-        ours = self.source.start_offsets.get(partition)
-        ours_committed = self.source.last_committed.get(partition)
-        if ours_committed is not None and (theirs is None or theirs < ours_committed):
-            log.warning("group offset went back; following the broker", partition=partition,
-                        committed=theirs, ours=ours_committed,
-                        reset=self.source.cfg.auto_offset_reset)  # fmt: skip
-            self.source.start_offsets.pop(partition, None)
-            self.source.last_committed.pop(partition, None)
-            return theirs
-        known = [o for o in (ours, theirs) if o is not None and o >= 0]
-        return max(known) if known else None

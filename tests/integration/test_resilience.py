@@ -33,11 +33,11 @@ def test_a_step_longer_than_max_poll_interval_does_not_evict_the_member(
     daemon = runner.daemon
     learn, slow = daemon.engine.learn, {"left": 1}
 
-    def slow_learn(pairs):
+    def slow_learn(pairs, **kwargs):
         if slow["left"]:
             slow["left"] -= 1
             time.sleep(8)  # longer than max_poll_interval_ms
-        return learn(pairs)
+        return learn(pairs, **kwargs)
 
     daemon.engine.learn = slow_learn
     with runner:
