@@ -26,13 +26,12 @@ T = TypeVar("T")
 class World:
     """This process's place among the ranks, and the collectives the daemon needs."""
 
-    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0) -> None:
+    def __init__(
+        self, rank: int = 0, size: int = 1, local_rank: int = 0, joined: bool = False
+    ) -> None:
         self.rank, self.size, self.local_rank = rank, size, local_rank
+        self.active = joined  # in a process group: collectives run
         self.device = torch.device("cpu")  # where collective buffers live (cuda for nccl)
-
-    @property
-    def active(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
 
     @property
     def is_root(self) -> bool:
@@ -55,6 +54,7 @@ class World:
         dist.init_process_group(
             backend, store=store, rank=world.rank, world_size=world.size, timeout=timeout
         )
+        world.active = True
         log.info("joined", rank=world.rank, world_size=world.size, backend=backend,
                  restart=os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # fmt: skip
         return world
