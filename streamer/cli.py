@@ -86,12 +86,17 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The daemon: consume, learn, checkpoint, commit, until SIGTERM."""
+    """The daemon: consume, learn, checkpoint, commit, until SIGTERM. Under torchrun, one
+    rank of a job that learns one model (see README, "Scale-out")."""
     from streamer.daemon import Daemon
     from streamer.reload import ConfigWatcher
 
     watcher = ConfigWatcher(args.config, _overrides(args.set))
-    return Daemon(_settings(args), watcher=watcher).run()
+    daemon = Daemon(_settings(args), watcher=watcher)
+    try:
+        return daemon.run()
+    finally:
+        daemon.world.close()
 
 
 def broker(args: argparse.Namespace) -> int:

@@ -258,7 +258,10 @@ class DistributedConfig(Section):
 
 class MetricsConfig(Section):
     host: str = Field("0.0.0.0", description="Address of /metrics, /healthz, /readyz.")
-    port: int = Field(9100, ge=0, le=65535, description="Port (0 = any free port).")
+    port: int = Field(
+        9100, ge=0, le=65535,
+        description="Port (0 = any free port); under torchrun, local rank r serves port + r.",
+    )  # fmt: skip
     stall_seconds: float = Field(
         300.0,
         gt=0,

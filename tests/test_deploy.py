@@ -30,7 +30,7 @@ def find(docs: list[dict], kind: str, name: str) -> dict:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev"])
+@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev", "multi-gpu"])
 def test_overlays_render_and_validate_strictly_against_kubernetes_schemas(overlay):
     import kubernetes_validate
 
@@ -80,6 +80,34 @@ def test_the_learner_deployment_has_the_promised_shape(overlay):
 
 
 @needs_kubectl
+def test_the_multi_gpu_statefulset_agrees_with_its_torchrun_and_monitoring():
+    docs = render("multi-gpu")
+    assert not [d for d in docs if d["kind"] == "Deployment"]  # replaced, not added to
+    sts = find(docs, "StatefulSet", "streamer-workers")
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if "=" in a)
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    assert int(args["nnodes"]) == sts["spec"]["replicas"]
+    assert int(args["nproc-per-node"]) == gpus
+    assert container["command"] == ["torchrun"] and container["args"][-2:] == ["streamer", "run"]
+    host = args["rdzv-endpoint"].split(":")[0]
+    assert host == f"{sts['metadata']['name']}-0.{sts['spec']['serviceName']}"
+    headless = find(docs, "Service", sts["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert pod["affinity"]["podAntiAffinity"]  # one pod per node
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert [ports[f"metrics-{r}"] for r in range(gpus)] == [9100 + r for r in range(gpus)]
+    monitor = find(docs, "PodMonitor", "streamer")["spec"]["podMetricsEndpoints"]
+    assert [e["port"] for e in monitor] == [f"metrics-{r}" for r in range(gpus)]
+    grace = float(find(docs, "ConfigMap", "streamer-restart")["data"][
+        "STREAMER_DAEMON__GRACE_SECONDS"])  # fmt: skip
+    assert pod["terminationGracePeriodSeconds"] > int(args["shutdown-timeout"]) > grace
+    pvc = find(docs, "PersistentVolumeClaim", "streamer-checkpoints")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # rank 0 may start on any pod
+
+
+@needs_kubectl
 def test_monitoring_objects_carry_the_files_the_monitoring_tests_check():
     docs = render("gpu")
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
@@ -101,19 +129,18 @@ def test_generated_wrappers_are_up_to_date():
     assert (K8S / "base" / "grafana-dashboard.yaml").read_text() == generate.dashboard_configmap()
 
 
-@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev"])
+@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev", "multi-gpu"])
 def test_the_shipped_settings_are_a_valid_config(overlay, monkeypatch):
     env = dict(line.split("=", 1) for line in (K8S / "base" / "restart.env").read_text().split())
-    if overlay == "cpu-dev":
-        kustomization = yaml.safe_load(
-            (K8S / "overlays" / "cpu-dev" / "kustomization.yaml").read_text()
-        )
-        env |= dict(v.split("=", 1) for v in kustomization["configMapGenerator"][0]["literals"])
+    kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
+    for generator in kustomization.get("configMapGenerator", []):
+        env |= dict(v.split("=", 1) for v in generator["literals"])
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings(K8S / "base" / "config" / "config.yaml")
     assert settings.kafka.topic == "image-text-pairs"
-    assert settings.model.arch == ("ViT-B-32" if overlay == "gpu" else "streamer-demo")
+    assert settings.model.arch == ("streamer-demo" if overlay == "cpu-dev" else "ViT-B-32")
+    assert settings.distributed.backend == ("nccl" if overlay == "multi-gpu" else "auto")
 
 
 def test_dockerfile_passes_hadolint():

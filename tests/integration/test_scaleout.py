@@ -61,12 +61,12 @@ def stop(job: subprocess.Popen, log: Path) -> str:
     return text
 
 
-def scaleout_config(tmp_path: Path, broker, topic: str, **checkpoint) -> dict:
+def scaleout_config(tmp_path: Path, broker, topic: str, gather=False, **checkpoint) -> dict:
     return daemon_config(
         tmp_path, broker.bootstrap, topic,
         evaluation={"probe_fraction": 0.0, "eval_every": 64, "probe_per_window": 16},
         learner={"batch_size": 8, "replay_per_step": 8, "steps_per_batch": 2},
-        distributed={"backend": "gloo"},
+        distributed={"backend": "gloo", "gather_features": gather},
         checkpoint={"every_steps": 5, "every_seconds": 1.0, **checkpoint},
     )  # fmt: skip
 
@@ -75,7 +75,7 @@ def test_two_ranks_train_every_record_once_with_identical_weights(broker, tmp_pa
     topic, samples = new_topic(), digit_stream[:240]
     kafka = KafkaConfig(bootstrap_servers=(broker.bootstrap,), topic=topic)
     ends = publish(kafka, samples, partitions=PARTITIONS)
-    config = scaleout_config(tmp_path, broker, topic)
+    config = scaleout_config(tmp_path, broker, topic, gather=True)  # SIT over both ranks
     job = start_torchrun(config, tmp_path, ranks=2, restarts=0)
     try:
         wait_until(lambda: trained(config) >= len(samples), 180, "all records checkpointed")
