@@ -37,11 +37,12 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/streamer demo --config configs/demo.yaml --out demo-out
 
-# Both benchmarks at a 2-core CPU size (about 17 min); results in benchmarks/results/.
-# Bigger runs: see benchmarks/README.md (BENCH_ARGS / QUALITY_ARGS pass flags through).
+# The benchmarks at a 2-core CPU size (about 19 min); results in benchmarks/results/.
+# Bigger runs: see benchmarks/README.md (BENCH_ARGS / QUALITY_ARGS / SCALEOUT_ARGS pass flags through).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/quality.py $(QUALITY_ARGS)
+	$(BIN)/python benchmarks/scaleout.py $(SCALEOUT_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

@@ -132,7 +132,8 @@ class Learner:
         if batch or gather:  # a rank without data still joins the feature gather
             with self._autocast():
                 img = self.model.encode_images(_pixels(batch)) if batch else self._no_rows()
-                loss = self._loss(img, self._prompts(batch), self.model.logit_scale())
+                scale = self.model.logit_scale()
+                loss = self._loss(img, self._prompts(batch), scale, gather=gather)
         finite = loss is None or bool(torch.isfinite(loss))
         if loss is not None and batch and finite:
             loss.backward()
@@ -154,15 +155,18 @@ class Learner:
     def _no_rows(self) -> torch.Tensor:
         return torch.zeros(0, self.model.embed_dim, device=self.model.device)  # img [0, D]
 
-    def _loss(self, img: torch.Tensor, prompts: list[str], scale: torch.Tensor) -> torch.Tensor:
-        """img [B, D] and the B prompts -> the configured loss."""
+    def _loss(
+        self, img: torch.Tensor, prompts: list[str], scale: torch.Tensor, gather: bool = False
+    ) -> torch.Tensor:
+        """img [B, D] and the B prompts -> the configured loss; `gather`: over all ranks
+        (a collective: every rank must call it, so never from the local prequential score)."""
         if self.cfg.loss == "clip":
             return losses.clip(img, self.model.encode_texts(prompts), scale)
         if self.cfg.loss == "asymmetric":
             texts, target = losses.unique_targets([*self.labels, *prompts])
             target = target[len(self.labels) :].to(img.device)
             return losses.asymmetric(img, self.model.encode_texts(texts), target, scale)
-        if self._gathering():
+        if gather:
             return self._global_sit(img, prompts, scale)
         texts, target = losses.unique_targets(prompts)
         return losses.sit(img, self.model.encode_texts(texts), target.to(img.device), scale)

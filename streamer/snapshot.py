@@ -24,7 +24,7 @@ def fingerprint(weights: dict[str, torch.Tensor]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(weights):
         h.update(name.encode())
-        h.update(weights[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(weights[name].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -4,6 +4,7 @@ whose combined gradient is checked against one process learning from the union b
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,13 @@ def test_a_smaller_world_folds_totals_into_rank_0_and_a_larger_one_starts_new_ra
     assert all(s["offsets"] == {"t:0": 10, "t:1": 9} for s in three)
 
 
+def test_the_weights_fingerprint_covers_scalars_and_changes_with_any_bit():
+    weights = {"logit_scale": torch.tensor(2.6593), "w": torch.ones(2, 3)}
+    before = snapshot.fingerprint(weights)
+    weights["w"][1, 2] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
+    assert snapshot.fingerprint(weights) != before
+
+
 def test_every_sample_served_by_a_rank_carries_its_rank_label():
     registry = CollectorRegistry()
     Gauge("streamer_demo", "A gauge.", ["window"], registry=registry).labels("w0").set(3)
@@ -80,7 +88,7 @@ def _grads(engine) -> dict[str, torch.Tensor]:
 def _rank(rank: int, port: int, out: Path, samples: list) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)  # fmt: skip
+                            world_size=2, timeout=timedelta(seconds=60))  # fmt: skip
     world = World(rank, 2, joined=True)
     # A rank without data: a zero-weight step that leaves the update exactly rank 0's own
     # (bit for bit: the mean scales by 8 and back, exact in floating point).
@@ -103,6 +111,9 @@ def _rank(rank: int, port: int, out: Path, samples: list) -> None:
     mine = [gathered.to_pair(s) for s in samples[rank * 8 : rank * 8 + 8]]
     gathered.learner._update(mine)
     results["gathered"] = _grads(gathered)
+    # The daemon's path: test-then-train on one rank while the other has no data.
+    gathered.learn(mine if rank == 0 else [], step_anyway=True)
+    results["gathered_steps"] = gathered.learner.steps
     if rank == 0:
         single = build_engine(tiny_settings(learner=exact, model=full))
         single.learner._update([single.to_pair(s) for s in samples[:16]])
@@ -132,3 +143,4 @@ def test_a_rank_without_data_takes_the_same_step_and_changes_nothing(two_ranks):
     assert all(torch.equal(first[n], second[n]) for n in first)  # bit-identical replicas
     assert all(torch.equal(first[n], two_ranks[0]["alone"][n]) for n in first)
     assert two_ranks[0]["steps"] == two_ranks[1]["steps"] == 1
+    assert two_ranks[0]["gathered_steps"] == two_ranks[1]["gathered_steps"] == 1

@@ -67,6 +67,7 @@ def scaleout_config(tmp_path: Path, broker, topic: str, gather=False, **checkpoi
         evaluation={"probe_fraction": 0.0, "eval_every": 64, "probe_per_window": 16},
         learner={"batch_size": 8, "replay_per_step": 8, "steps_per_batch": 2},
         distributed={"backend": "gloo", "gather_features": gather},
+        model={"arch": "streamer-tiny", "peft": {"mode": "full" if gather else "lora"}},
         checkpoint={"every_steps": 5, "every_seconds": 1.0, **checkpoint},
     )  # fmt: skip
 
@@ -75,7 +76,7 @@ def test_two_ranks_train_every_record_once_with_identical_weights(broker, tmp_pa
     topic, samples = new_topic(), digit_stream[:240]
     kafka = KafkaConfig(bootstrap_servers=(broker.bootstrap,), topic=topic)
     ends = publish(kafka, samples, partitions=PARTITIONS)
-    config = scaleout_config(tmp_path, broker, topic, gather=True)  # SIT over both ranks
+    config = scaleout_config(tmp_path, broker, topic, gather=True)  # SIT over both, full tuning
     job = start_torchrun(config, tmp_path, ranks=2, restarts=0)
     try:
         wait_until(lambda: trained(config) >= len(samples), 180, "all records checkpointed")
