@@ -272,7 +272,8 @@ class Daemon:
         durable (announced to all), each rank commits its own partitions' offsets."""
         self.dead_letters.flush()
         shards = self.world.gather(self._shard())  # a barrier: every rank is at this step
-        outcome = self._write(shards) if self.world.is_root else None
+        extra_meta = {"step": self.engine.learner.steps, "config_hash": config_hash(self.settings)}
+        outcome = snapshot.write(self.checkpointer, shards, extra_meta) if shards else None
         ckpt_id, error = self.world.broadcast(outcome)
         if error is not None:
             raise CheckpointError(error)
@@ -286,8 +287,8 @@ class Daemon:
             if not self.source.commit(mine, ckpt_id):
                 self.counts["commit_failures"] += 1
                 self.metrics.commit_failures.inc()
-        log.info("checkpoint", id=ckpt_id, step=self.engine.learner.steps,
-                 offsets={f"{t}:{p}": o for (t, p), o in sorted(self.offsets.items())})  # fmt: skip
+        log.info("checkpoint", id=ckpt_id, step=extra_meta["step"],
+                 offsets=snapshot.offset_keys(self.offsets))  # fmt: skip
 
     def _shard(self) -> snapshot.Shard:
         """This rank's part of a checkpoint; weights and optimizer only from rank 0."""
@@ -296,62 +297,29 @@ class Daemon:
         optimizer = state["learner"].pop("optimizer")
         return {
             **state,
-            "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.offsets.items())},
+            "offsets": snapshot.offset_keys(self.offsets),
             "counts": dict(self.counts),
             "digest": str(self.digest),
             "fingerprint": snapshot.fingerprint(weights) if self.world.active else "",
             "shared": (weights, optimizer) if self.world.is_root else None,
         }
 
-    def _write(self, shards: list[snapshot.Shard]) -> tuple[str | None, str | None]:
-        """Rank 0: the job's checkpoint -> (id, None), or (None, why it was not written)."""
-        weights, optimizer = shards[0]["shared"]
-        for shard in shards:
-            del shard["shared"]
-        prints = {shard["fingerprint"] for shard in shards}
-        if len(prints) > 1:  # the update was not the same everywhere: keep the last good one
-            return None, f"replicas diverged: trainable weights differ across ranks {prints}"
-        extra = {"step": self.engine.learner.steps, "config_hash": config_hash(self.settings)}
-        state, meta = snapshot.merge(shards, optimizer, extra)
-        try:
-            return self.checkpointer.save(weights, state, meta), None
-        except CheckpointError as exc:
-            return None, str(exc)
-
     def _restore(self) -> None:
         """Rank 0 reads the newest checkpoint; every rank gets the weights and its shard."""
         self.state = "restoring"
-        checkpoint = None
-        if self.world.is_root:
-            self.checkpointer.discard_partial()
-            checkpoint = self.checkpointer.latest()
-        found = self.world.broadcast(checkpoint.id if checkpoint else None)
-        if found is None:
-            self._align_fresh()
+        found, shard = snapshot.share_out(self.world, self.checkpointer)
+        if shard is None:
+            if self.world.active:  # a new job: every rank starts from rank 0's weights
+                model = self.engine.model
+                model.load_trainable_state(self.world.broadcast(model.trainable_state()))
             log.info("no checkpoint; starting from the base model")
             return
-        shards, shared = None, None
-        if checkpoint is not None:
-            shards = snapshot.split(checkpoint.state, checkpoint.meta, self.world.size)
-            shared = (checkpoint.weights, checkpoint.state["optimizer"])
-        shard = self.world.scatter(shards)
-        weights, optimizer = self.world.broadcast(shared)
-        shard["learner"] |= {"weights": weights, "optimizer": optimizer}
         self.engine.load_state_dict(shard)
-        self.offsets = {
-            (key.rsplit(":", 1)[0], int(key.rsplit(":", 1)[1])): int(o)
-            for key, o in shard["offsets"].items()
-        }
+        self.offsets = snapshot.parse_offsets(shard["offsets"])
         self.counts = Counter({k: int(v) for k, v in shard["counts"].items()})
         self.digest = int(shard["digest"])
         self.last_checkpoint = found
         log.info("restored", id=found, step=self.engine.learner.steps)
-
-    def _align_fresh(self) -> None:
-        """A new job: every rank starts from rank 0's trainable weights."""
-        if self.world.active:
-            model = self.engine.model
-            model.load_trainable_state(self.world.broadcast(model.trainable_state()))
 
     def _handle_revocation(self) -> None:
         revocation = self.source.pending_revocation()

@@ -15,8 +15,55 @@ from typing import Any
 import structlog
 import torch
 
+from streamer.checkpoint import Checkpointer, CheckpointError
+from streamer.distributed import World
+
 log = structlog.get_logger(__name__)
 Shard = dict[str, Any]
+
+
+def offset_keys(offsets: dict[tuple[str, int], int]) -> dict[str, int]:
+    """{(topic, partition): next offset} -> {"topic:partition": next offset}, sorted."""
+    return {f"{t}:{p}": o for (t, p), o in sorted(offsets.items())}
+
+
+def parse_offsets(keys: dict[str, int]) -> dict[tuple[str, int], int]:
+    return {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): int(o) for k, o in keys.items()}
+
+
+def write(checkpointer: Checkpointer, shards: list[Shard], extra_meta: dict) -> tuple:
+    """Rank 0: the job's checkpoint -> (id, None), or (None, why it was not written)."""
+    weights, optimizer = shards[0]["shared"]
+    for shard in shards:
+        del shard["shared"]
+    prints = {shard["fingerprint"] for shard in shards}
+    if len(prints) > 1:  # the update was not the same everywhere: keep the last good one
+        return None, f"replicas diverged: trainable weights differ across ranks {prints}"
+    state, meta = merge(shards, optimizer, extra_meta)
+    try:
+        return checkpointer.save(weights, state, meta), None
+    except CheckpointError as exc:
+        return None, str(exc)
+
+
+def share_out(world: World, checkpointer: Checkpointer) -> tuple[str | None, Shard | None]:
+    """Rank 0 reads the newest checkpoint; each rank gets (its id, its shard with the shared
+    weights and optimizer in the learner's state), or (None, None) without one."""
+    checkpoint = None
+    if world.is_root:
+        checkpointer.discard_partial()
+        checkpoint = checkpointer.latest()
+    found = world.broadcast(checkpoint.id if checkpoint else None)
+    if found is None:
+        return None, None
+    shards, shared = None, None
+    if checkpoint is not None:
+        shards = split(checkpoint.state, checkpoint.meta, world.size)
+        shared = (checkpoint.weights, checkpoint.state["optimizer"])
+    shard = world.scatter(shards)
+    weights, optimizer = world.broadcast(shared)
+    shard["learner"] |= {"weights": weights, "optimizer": optimizer}
+    return found, shard
 
 
 def fingerprint(weights: dict[str, torch.Tensor]) -> str:
