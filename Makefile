@@ -8,17 +8,27 @@ STAMP := $(VENV)/.installed
 # prometheus for promtool and the end-to-end monitoring tests.
 DEB_PACKAGES := dataset-fashion-mnist prometheus
 
-.PHONY: setup test test-fast lint format demo bench clean
+.PHONY: setup lock test test-fast lint format demo bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/system-deps.sh
+# Every Python package comes from requirements.lock, pinned and hash-checked; the project
+# itself is installed on top without resolving anything.
+$(STAMP): pyproject.toml requirements.lock scripts/system-deps.sh
 	scripts/system-deps.sh $(DEB_PACKAGES)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
+
+# Re-resolve requirements.lock from pyproject.toml and lock-constraints.txt (after changing
+# a dependency, or to take newer releases); commit the result with the reason.
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal -c lock-constraints.txt \
+		--generate-hashes -o requirements.lock
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
