@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 
 import pytest
 import torch
@@ -76,7 +78,30 @@ def _checkpoint_round_trip(state: dict) -> dict:
     return torch.load(buffer, weights_only=True)
 
 
+def _same(a, b, path: str = "") -> None:
+    """Equal, except floats: within 1e-5 relative (1e-6 absolute), NaN equal to NaN."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert (a != a and b != b) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), path
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
 def test_state_round_trip_gives_bit_identical_continuation(digit_stream):
+    """Guaranteed: the learning itself (weights, optimizer, replay, steps) continues bit for
+    bit. The evaluation figures are equal within float tolerance only: a restored evaluator
+    recomputes the base model's probe embeddings in other batches than the straight run
+    cached them in, and BLAS kernels round differently with the batch shape (seen: the 8th
+    digit of a figure changed with the torch release)."""
     settings = tiny_settings(
         evaluation={"eval_every": 48, "probe_fraction": 0.2},
         model={"arch": "streamer-tiny", "peft": {"mode": "lora", "dropout": 0.1}},
@@ -92,7 +117,10 @@ def test_state_round_trip_gives_bit_identical_continuation(digit_stream):
     report_b = run_stream(resumed, rest, batch_size=16)
     a, b = straight.model.trainable_state(), resumed.model.trainable_state()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert repr(report_a) == repr(report_b)  # repr: NaN figures compare equal
+    optimizer_a, optimizer_b = straight.learner.optimizer, resumed.learner.optimizer
+    _same(optimizer_a.state_dict()["state"], optimizer_b.state_dict()["state"])
     assert straight.replay.state_dict() == resumed.replay.state_dict()
-    assert straight.evaluator.state_dict() == resumed.evaluator.state_dict()
     assert straight.learner.steps == resumed.learner.steps
+    assert straight.learner.labels == resumed.learner.labels
+    _same(dataclasses.asdict(report_a), dataclasses.asdict(report_b))
+    _same(straight.evaluator.state_dict(), resumed.evaluator.state_dict())
