@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from streamer import __version__, scenarios
+from streamer import __version__
+from streamer.dev import scenarios
 
 RUNS = [
     ("image", "shifted"), ("text", "shifted"), ("both", "shifted"), ("both", "stationary"),

@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
-from streamer import __version__, datasets
+from streamer import __version__
 from streamer.config import Settings, StreamConfig
+from streamer.dev import datasets
 from streamer.pipeline import build_engine, run_stream
 from streamer.records import Sample
 

@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from streamer import __version__, datasets
-from streamer.broker import EmbeddedBroker
+from streamer import __version__
 from streamer.config import KafkaConfig, StreamConfig
-from streamer.sink import publish
+from streamer.dev import datasets
+from streamer.dev.broker import EmbeddedBroker
+from streamer.dev.produce import publish
 
 RESULTS = Path(__file__).parent / "results"
 TRAINED = re.compile(r"^streamer_records_trained_total\{[^}]*\} ([0-9.e+]+)$", re.M)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from streamer import __version__, datasets
+from streamer import __version__
 from streamer.config import Settings
+from streamer.dev import datasets
 from streamer.pipeline import build_engine
 
 CASES = [("streamer-tiny", "lora"), ("streamer-tiny", "full"),

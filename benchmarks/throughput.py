@@ -32,10 +32,11 @@ from typing import Any
 import torch
 from kafka import KafkaConsumer
 
-from streamer import __version__, codec, datasets
-from streamer.broker import EmbeddedBroker
+from streamer import __version__, codec
 from streamer.config import Settings, StreamConfig
 from streamer.daemon import Daemon
+from streamer.dev import datasets
+from streamer.dev.broker import EmbeddedBroker
 from streamer.pipeline import build_engine, pair_of
 from streamer.records import RawRecord
 from streamer.sink import client_options, ensure_topic, publish

@@ -3,16 +3,19 @@
 Layout of `ckpt-NNNNNNNN/`: `weights.safetensors` (trainable parameters), `state.pt`
 (optimizer, replay, evaluator, counters; read back with `weights_only=True`, so no pickled
 objects), `meta.json` (id, offsets, counters, config hash; for people and tools).
+
+A checkpoint that cannot be read, for whatever reason (a truncated file, garbled JSON, a
+disk error), is skipped for the next older one and renamed `ckpt-NNNNNNNN.damaged` by the
+writer, so it is looked at once and kept for inspection. Numbers are never reused.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ from safetensors.torch import load_file, save_file
 from streamer.config import CheckpointConfig
 
 PREFIX = "ckpt-"
+DAMAGED = ".damaged"
+FILES = ("weights.safetensors", "state.pt", "meta.json")
 log = structlog.get_logger(__name__)
 
 
@@ -46,6 +51,7 @@ class Checkpointer:
         self._clock = clock
         self._last_time = clock()
         self._last_step = 0
+        self.skipped = 0  # unreadable checkpoints passed over since start
         cfg.dir.mkdir(parents=True, exist_ok=True)
 
     def discard_partial(self) -> None:
@@ -61,19 +67,18 @@ class Checkpointer:
 
     def save(self, weights: dict[str, torch.Tensor], state: dict[str, Any], meta: dict) -> str:
         """Write one checkpoint durably; returns its id."""
-        number = self._next_number()
-        ckpt_id = f"{PREFIX}{number:08d}"
+        ckpt_id = f"{PREFIX}{self._next_number():08d}"
         tmp = self.cfg.dir / f".tmp-{ckpt_id}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
             save_file(
                 {k: v.contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors")
             )
             torch.save(state, tmp / "state.pt")
             meta = {**meta, "id": ckpt_id, "created": time.time()}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-            for name in ("weights.safetensors", "state.pt", "meta.json"):
+            for name in FILES:
                 _fsync(tmp / name)
             _fsync(tmp)
             os.replace(tmp, self.cfg.dir / ckpt_id)
@@ -85,48 +90,73 @@ class Checkpointer:
         self._prune()
         return ckpt_id
 
-    def latest(self) -> Checkpoint | None:
-        checkpoint = load_latest(self.cfg.dir)
-        if checkpoint is not None:
+    def readable(self) -> Iterator[Checkpoint]:
+        """Checkpoints newest first; an unreadable one is logged, counted, set aside."""
+        for path in reversed(complete_checkpoints(self.cfg.dir)):
+            try:
+                checkpoint = read(path)
+            except Exception as exc:  # whatever broke it, an older one may still serve
+                self.set_aside(path, f"{type(exc).__name__}: {exc}")
+                continue
             self._last_step = int(checkpoint.meta.get("step", 0))
-        return checkpoint
+            yield checkpoint
 
-    def _complete(self) -> list[Path]:
-        return complete_checkpoints(self.cfg.dir)
+    def set_aside(self, path: Path, why: str) -> None:
+        """Count and keep a damaged checkpoint under another name; its number stays used."""
+        self.skipped += 1
+        log.error("checkpoint unreadable; falling back to an older one", checkpoint=path.name,
+                  error=why[:300])  # fmt: skip
+        try:
+            os.replace(path, path.with_name(path.name + DAMAGED))
+        except OSError as exc:  # a read-only volume: skipped again next time, still safe
+            log.warning("cannot rename the damaged checkpoint", error=str(exc))
+
+    def latest(self) -> Checkpoint | None:
+        return next(self.readable(), None)
 
     def _next_number(self) -> int:
-        existing = self._complete()
-        return int(existing[-1].name.removeprefix(PREFIX)) + 1 if existing else 1
+        used = [_number(p) for p in self.cfg.dir.glob(f"{PREFIX}*")]
+        return max([n for n in used if n is not None], default=0) + 1
 
     def _prune(self) -> None:
-        for old in self._complete()[: -self.cfg.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        kept = complete_checkpoints(self.cfg.dir)[-self.cfg.keep :]
+        oldest = _number(kept[0]) if kept else None
+        for old in self.cfg.dir.glob(f"{PREFIX}*"):
+            number = _number(old)
+            if old not in kept and number is not None and oldest is not None and number < oldest:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _number(path: Path) -> int | None:
+    digits = path.name.removeprefix(PREFIX).removesuffix(DAMAGED)
+    return int(digits) if digits.isdigit() else None
 
 
 def complete_checkpoints(directory: Path) -> list[Path]:
-    return sorted(p for p in Path(directory).glob(f"{PREFIX}*") if (p / "meta.json").exists())
+    """Checkpoints that finished writing (damaged ones set aside excluded), oldest first."""
+    paths = [p for p in Path(directory).glob(f"{PREFIX}*") if p.name.removeprefix(PREFIX).isdigit()]
+    return sorted(p for p in paths if (p / "meta.json").exists())
+
+
+def read(path: Path) -> Checkpoint:
+    """One checkpoint, whole; raises whatever reading it raises."""
+    meta = json.loads((path / "meta.json").read_text())
+    if not isinstance(meta, dict) or meta.get("id") != path.name:
+        raise CheckpointError(f"{path.name}/meta.json does not describe this checkpoint")
+    weights = load_file(str(path / "weights.safetensors"))
+    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path.name}/state.pt holds no state")
+    return Checkpoint(meta["id"], path, meta, weights, state)
 
 
 def load_latest(directory: Path) -> Checkpoint | None:
-    """The newest readable checkpoint (an unreadable one is skipped, never half-used)."""
+    """The newest readable checkpoint, for tools and tests (nothing is renamed)."""
     for path in reversed(complete_checkpoints(directory)):
         try:
-            meta = json.loads((path / "meta.json").read_text())
-            weights = load_file(str(path / "weights.safetensors"))
-            state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            RuntimeError,
-            EOFError,
-            pickle.UnpicklingError,
-        ) as exc:
-            log.warning(
-                "checkpoint unreadable; trying an older one", path=str(path), error=str(exc)
-            )
-            continue
-        return Checkpoint(meta["id"], path, meta, weights, state)
+            return read(path)
+        except Exception as exc:
+            log.warning("checkpoint unreadable", checkpoint=path.name, error=str(exc)[:300])
     return None
 
 

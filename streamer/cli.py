@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import warnings
@@ -13,11 +14,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from streamer import __version__, datasets, logs
+from streamer import __version__, logs
 from streamer.config import Settings, config_hash, load_settings
 from streamer.config_text import describe_errors, effective
-from streamer.pipeline import build_engine, run_stream
-from streamer.report import progress_line, summary_table, write_summary
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -33,6 +32,10 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 def simulate(args: argparse.Namespace) -> int:
     """The learning engine on an in-process dataset stream, with progress and a summary."""
+    from streamer.dev import datasets
+    from streamer.dev.report import progress_line, summary_table, write_summary
+    from streamer.pipeline import build_engine, run_stream
+
     settings = _settings(args)
     engine = build_engine(settings)
     start, trained = time.monotonic(), 0
@@ -89,10 +92,17 @@ def run(args: argparse.Namespace) -> int:
     """The daemon: consume, learn, checkpoint, commit, until SIGTERM. Under torchrun, one
     rank of a job that learns one model (see README, "Scale-out")."""
     from streamer.daemon import Daemon
+    from streamer.manifest import ManifestError
+    from streamer.model import ModelLoadError
     from streamer.reload import ConfigWatcher
 
     watcher = ConfigWatcher(args.config, _overrides(args.set))
-    daemon = Daemon(_settings(args), watcher=watcher)
+    settings = _settings(args)
+    try:
+        daemon = Daemon(settings, watcher=watcher)
+    except (ModelLoadError, ManifestError) as exc:  # the operator's to fix: say what, exit
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
     try:
         return daemon.run()
     finally:
@@ -100,11 +110,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def broker(args: argparse.Namespace) -> int:
-    """The embedded Kafka-compatible broker, in the foreground."""
-    from streamer.broker import EmbeddedBroker
+    """The embedded Kafka-compatible broker, in the foreground; SIGTERM stops it as Ctrl-C."""
+    from streamer.dev.broker import EmbeddedBroker
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwind: the child stops too
     with EmbeddedBroker(args.port, host=args.host, advertise=args.advertise) as embedded:
-        print(f"broker listening on {embedded.bootstrap} (memory only; Ctrl-C stops it)")
+        print(f"broker listening on {embedded.bootstrap} (memory only; Ctrl-C stops it)",
+              flush=True)  # fmt: skip
         try:
             return embedded.wait()
         except KeyboardInterrupt:
@@ -113,7 +125,8 @@ def broker(args: argparse.Namespace) -> int:
 
 def produce(args: argparse.Namespace) -> int:
     """Publish a dataset stream (the config's stream section) to the config's topic."""
-    from streamer.sink import publish
+    from streamer.dev import datasets
+    from streamer.dev.produce import publish
 
     settings = _settings(args)
     samples = datasets.stream(settings.stream)
@@ -125,7 +138,7 @@ def produce(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """The main job end to end on the embedded broker with real data."""
-    from streamer.demo import run_demo
+    from streamer.dev.demo import run_demo
 
     return run_demo(_settings(args), args.out)
 

@@ -3,6 +3,9 @@
 json: UTF-8 JSON object with `text` and exactly one of `image` (base64 JPEG/PNG/WebP) or
 `image_uri` (file:// under the configured root); optional `id`, `label`, `task`, `ts`.
 raw: the value is the image bytes; `text`, `label`, `task`, `id`, `ts` are headers.
+
+Every field is checked here, so nothing downstream (windows, metrics, logs, the replay
+buffer) ever sees a non-finite time, an absurd one, or a string that is not valid UTF-8.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -17,16 +21,18 @@ from urllib.parse import unquote, urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streamer.config import RecordConfig
-from streamer.decode import DecodeError, ImageLimits
-from streamer.records import RawRecord, Sample
+from streamer.records import DecodeError, RawRecord, Sample
 
 # Every reason a record can be refused for (a fixed vocabulary: it labels a metric).
 REASONS = (
-    "empty_value", "record_too_large", "not_json", "not_json_object", "missing_field",
-    "invalid_field", "image_choice", "bad_base64", "uri_scheme", "uri_outside_root",
-    "uri_unreadable", "empty_text", "text_too_long",
-    "empty_image", "image_too_large", "too_many_pixels", "not_an_image", "corrupt_image",
+    "empty_value", "record_too_large", "not_json", "json_too_deep", "not_json_object",
+    "missing_field", "invalid_field", "image_choice", "bad_base64", "uri_scheme",
+    "uri_outside_root", "uri_unreadable", "empty_text", "text_too_long",
+    "event_time_out_of_range", "empty_image", "image_too_large", "too_many_pixels",
+    "extreme_aspect_ratio", "not_an_image", "corrupt_image", "unreadable_record",
+    "internal_error",
 )  # fmt: skip
+NO_BROKER_TIME_LIMIT = 1e11  # seconds since the epoch (year 5138): bound without a reference
 
 
 class JsonRecord(BaseModel):
@@ -34,15 +40,11 @@ class JsonRecord(BaseModel):
 
     text: str = Field(min_length=1)
     image: str | None = None
-    image_uri: str | None = None
+    image_uri: str | None = Field(None, max_length=4096)
     id: str | None = Field(None, min_length=1, max_length=512)
     label: str | None = Field(None, min_length=1, max_length=512)
     task: str | None = Field(None, min_length=1, max_length=128)
-    ts: float | None = None
-
-
-def image_limits(cfg: RecordConfig) -> ImageLimits:
-    return ImageLimits(cfg.max_image_bytes, cfg.max_pixels, tuple(cfg.formats))
+    ts: float | None = None  # NaN and inf pass here; event_time refuses them
 
 
 def parse(raw: RawRecord, codec: str, cfg: RecordConfig) -> Sample:
@@ -52,6 +54,8 @@ def parse(raw: RawRecord, codec: str, cfg: RecordConfig) -> Sample:
     if len(raw.value) > cfg.max_record_bytes:
         raise DecodeError("record_too_large", f"{len(raw.value)} > {cfg.max_record_bytes}")
     fields = _json_fields(raw, cfg) if codec == "json" else _raw_fields(raw)
+    for name in ("text", "id", "label", "task"):
+        _check_utf8(name, fields.get(name))
     text = fields["text"].strip()
     if not text:
         raise DecodeError("empty_text")
@@ -63,15 +67,40 @@ def parse(raw: RawRecord, codec: str, cfg: RecordConfig) -> Sample:
         text=text,
         label=fields.get("label"),
         task=fields.get("task"),
-        ts=fields["ts"] if fields.get("ts") is not None else raw.timestamp_ms / 1000.0,
+        ts=event_time(fields.get("ts"), raw.timestamp_ms, cfg),
     )
 
 
-def _json_fields(raw: RawRecord, cfg: RecordConfig) -> dict[str, Any]:
+def event_time(ts: float | None, broker_ms: int, cfg: RecordConfig) -> float:
+    """The record's event time: its own `ts` when finite and near the broker's timestamp,
+    else refused; the broker's timestamp when it has none."""
+    broker = broker_ms / 1000.0 if broker_ms >= 0 else None  # -1: the broker gave none
+    if ts is None:
+        return broker if broker is not None else 0.0
+    if not math.isfinite(ts):
+        raise DecodeError("event_time_out_of_range", "ts is not a finite number")
+    limit = cfg.max_event_time_skew_seconds
+    if broker is not None and abs(ts - broker) > limit:
+        raise DecodeError(
+            "event_time_out_of_range", f"ts is {ts - broker:.3g} s from the broker time"
+        )
+    if broker is None and not 0 <= ts < NO_BROKER_TIME_LIMIT:
+        raise DecodeError("event_time_out_of_range", f"ts {ts:.3g} outside [0, 1e11)")
+    return float(ts)
+
+
+def _check_utf8(name: str, value: str | None) -> None:
+    """JSON may carry lone surrogates (\\ud800); they cannot be encoded, hashed or logged."""
+    if value is None:
+        return
     try:
-        data = json.loads(raw.value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError("not_json", str(exc)[:200]) from exc
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DecodeError("invalid_field", f"{name}: not valid UTF-8 text") from exc
+
+
+def _json_fields(raw: RawRecord, cfg: RecordConfig) -> dict[str, Any]:
+    data = _load_json(raw.value)
     if not isinstance(data, dict):
         raise DecodeError("not_json_object", type(data).__name__)
     try:
@@ -80,11 +109,20 @@ def _json_fields(raw: RawRecord, cfg: RecordConfig) -> dict[str, Any]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "record"
         reason = "missing_field" if first["type"] == "missing" else "invalid_field"
-        raise DecodeError(reason, f"{where}: {first['msg']}") from exc
+        raise DecodeError(reason, f"{where}: {first['msg']}"[:200]) from exc
     if (record.image is None) == (record.image_uri is None):
         raise DecodeError("image_choice", "exactly one of image or image_uri is required")
     image = _base64(record.image) if record.image is not None else _read_uri(record, cfg)
     return {**record.model_dump(exclude={"image", "image_uri"}), "image": image}
+
+
+def _load_json(value: bytes) -> Any:
+    try:
+        return json.loads(value)
+    except RecursionError as exc:  # nesting deeper than the interpreter's recursion limit
+        raise DecodeError("json_too_deep", "nested too deeply to parse") from exc
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, over-long integers
+        raise DecodeError("not_json", str(exc)[:200]) from exc
 
 
 def _base64(value: str) -> bytes:
@@ -101,9 +139,12 @@ def _read_uri(record: JsonRecord, cfg: RecordConfig) -> bytes:
     if cfg.image_root is None:
         raise DecodeError("uri_outside_root", "no records.image_root is configured")
     root = cfg.image_root.resolve()
-    path = Path(unquote(uri.path)).resolve()  # resolves .. and symlinks before the check
+    try:
+        path = Path(unquote(uri.path)).resolve()  # resolves .. and symlinks before the check
+    except (OSError, ValueError) as exc:  # NUL bytes, symlink loops
+        raise DecodeError("uri_unreadable", str(exc)[:200]) from exc
     if not path.is_relative_to(root):
-        raise DecodeError("uri_outside_root", f"{path} is not under {root}")
+        raise DecodeError("uri_outside_root", f"{path} is not under {root}"[:200])
     try:
         size = path.stat().st_size
         if size > cfg.max_image_bytes:
@@ -114,20 +155,29 @@ def _read_uri(record: JsonRecord, cfg: RecordConfig) -> bytes:
 
 
 def _raw_fields(raw: RawRecord) -> dict[str, Any]:
-    headers = {}
+    headers: dict[str, str | None] = {}
     for key, value in raw.headers:
         try:
             headers[key] = value.decode("utf-8") if value is not None else None
         except UnicodeDecodeError as exc:
-            raise DecodeError("invalid_field", f"header {key} is not UTF-8") from exc
-    if "text" not in headers:
+            raise DecodeError("invalid_field", f"header {key[:64]} is not UTF-8") from exc
+    if not headers.get("text"):
         raise DecodeError("missing_field", "text header is required")
+    for name, limit in (("id", 512), ("label", 512), ("task", 128)):
+        if len(headers.get(name) or "") > limit:
+            raise DecodeError("invalid_field", f"{name} header longer than {limit} characters")
+    return {**{k: headers.get(k) or None for k in ("id", "label", "task")},
+            "text": headers["text"], "image": raw.value, "ts": _header_time(headers)}  # fmt: skip
+
+
+def _header_time(headers: dict[str, str | None]) -> float | None:
+    value = headers.get("ts")
+    if not value:
+        return None
     try:
-        ts = float(headers["ts"]) if headers.get("ts") else None
+        return float(value)  # "nan" and "inf" parse; event_time refuses them
     except ValueError as exc:
         raise DecodeError("invalid_field", "ts header is not a number") from exc
-    return {**{k: headers.get(k) or None for k in ("id", "label", "task")},
-            "text": headers["text"], "image": raw.value, "ts": ts}  # fmt: skip
 
 
 def encode_json(sample: Sample) -> bytes:

@@ -1,4 +1,5 @@
-"""Every configuration model of streamer, and the only code that reads YAML or the environment.
+"""Every configuration model of streamer, and how a config is loaded (YAML, environment,
+overrides).
 
 Each component receives its own section, never the whole object. All models are frozen and
 reject unknown keys, so a typo in a config file is an error that names the field.
@@ -7,12 +8,13 @@ reject unknown keys, so a typo in a config file is an error that names the field
 from __future__ import annotations
 
 import hashlib
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -72,6 +74,14 @@ class LearnerConfig(Section):
     prompt_template: str = Field(
         "a photo of a {label}.", description="Text of a labelled sample for SIT and evaluation."
     )
+    max_labels: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Label prompts kept as scoring candidates (prequential accuracy, the "
+        "asymmetric loss, probe accuracy): the most recently seen ones; older labels leave "
+        "the set. Bounds step time and memory on streams with many distinct labels.",
+    )
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU."
@@ -82,6 +92,10 @@ class LearnerConfig(Section):
     def _template_has_label(self) -> LearnerConfig:
         if "{label}" not in self.prompt_template:
             raise ValueError("prompt_template must contain '{label}'")
+        try:
+            self.prompt_template.format(label="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"prompt_template: only {{label}} may be filled in ({exc})") from exc
         return self
 
 
@@ -155,7 +169,7 @@ class EvaluationConfig(Section):
 
 
 class StreamConfig(Section):
-    """An in-process dataset stream (the demo's source until the Kafka daemon lands)."""
+    """A dataset stream for the development harness: `streamer produce`, `simulate`, the demo."""
 
     dataset: Literal["fashion-mnist", "digits", "manifest"] = Field(
         "fashion-mnist", description="Which dataset to stream."
@@ -198,23 +212,84 @@ class KafkaConfig(Section):
     )
     sasl_username: str | None = Field(None, description="SASL user.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
-    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
+    ssl_cafile: FilePath | None = Field(None, description="CA bundle (PEM) for SSL.")
+    ssl_certfile: FilePath | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS; may also hold the key."
+    )
+    ssl_keyfile: FilePath | None = Field(None, description="Client private key (PEM), mTLS.")
+    ssl_password: SecretStr | None = Field(
+        None, description="Password of the client key (never logged)."
+    )
+    ssl_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to."
+    )
+    group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=249,
+        description="Static group membership (KIP-345): a stable id per member (e.g. the pod "
+        "name), so a restart within session_timeout_ms does not rebalance the group.",
+    )
+    isolation_level: Literal["read_uncommitted", "read_committed"] = Field(
+        "read_uncommitted",
+        description="read_committed: only records of committed transactions (transactional "
+        "producers); aborted ones are never trained.",
+    )
+    poll_error_budget_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A poll error repeating without a successful poll for this long fails "
+        "the daemon (health reports it at once), naming the cause: it never loops quietly.",
+    )
 
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
+
+    @model_validator(mode="after")
+    def _security_settings_fit_the_protocol(self) -> KafkaConfig:
+        ssl = self.security_protocol in ("SSL", "SASL_SSL")
+        sasl = self.security_protocol.startswith("SASL_")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
+            if getattr(self, name) is not None and not ssl:
+                raise ValueError(f"{name} needs security_protocol SSL or SASL_SSL")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate)")
+        if sasl and (self.sasl_mechanism is None or not self.sasl_username):
+            raise ValueError(f"{self.security_protocol} needs sasl_mechanism and sasl_username")
+        if self.sasl_mechanism is not None and not sasl:
+            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+        instance = self.group_instance_id
+        if instance is not None and (instance in (".", "..") or not _INSTANCE_ID.match(instance)):
+            raise ValueError("group_instance_id: only ASCII letters, digits, '.', '_' and '-'")
+        return self
+
+
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]+$")  # Kafka's rule for group.instance.id
 
 
 class RecordConfig(Section):
     max_record_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest record value.")
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest encoded image.")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest width x height (bombs).")
+    max_aspect_ratio: float = Field(
+        20.0,
+        ge=1,
+        description="Longest side over shortest: a 1 x 40M image would become billions of "
+        "pixels when resized to the model's input.",
+    )
     formats: tuple[Literal["JPEG", "PNG", "WEBP"], ...] = Field(
         ("JPEG", "PNG", "WEBP"), min_length=1, description="Accepted image formats."
     )
     max_text_chars: int = Field(1_000, ge=1, description="Longest caption.")
     image_root: Path | None = Field(
         None, description="Directory that file:// image_uri values must lie under (else refused)."
+    )
+    max_event_time_skew_seconds: float = Field(
+        10 * 365 * 86400.0,
+        gt=0,
+        description="An event time `ts` further than this from the record's broker timestamp "
+        "is refused (reason event_time_out_of_range), as is a non-finite one.",
     )
 
 
@@ -259,7 +334,7 @@ class DistributedConfig(Section):
 class MetricsConfig(Section):
     host: str = Field("0.0.0.0", description="Address of /metrics, /healthz, /readyz.")
     port: int = Field(
-        9100, ge=0, le=65535,
+        8439, ge=0, le=65535,
         description="Port (0 = any free port); under torchrun, local rank r serves port + r.",
     )  # fmt: skip
     stall_seconds: float = Field(

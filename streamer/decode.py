@@ -1,56 +1,96 @@
-"""Encoded image bytes to a PIL image, with limits; every failure is a typed reason."""
+"""The one way a record becomes a training pair: envelope, fields, image limits, pixels.
+
+`Decoder.decode(raw)` returns a Pair or raises the typed refusal (DecodeError), whatever the
+record holds: any other exception raised for one record becomes `internal_error`, with the
+exception's type in the detail, so no single record can stop the daemon.
+"""
 
 from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
+import torch
 from PIL import Image
 
+from streamer import codec
+from streamer.config import RecordConfig
+from streamer.records import DecodeError, Pair, RawRecord, Sample
 
-class DecodeError(ValueError):
-    """A record that cannot become a training pair. `reason` is a short, bounded label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+Preprocess = Callable[[Image.Image], torch.Tensor]  # PIL image -> pixels [3, H, W]
+Tokenize = Callable[[Sequence[str]], torch.Tensor]  # texts [T] -> tokens [T, L]
 
 
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000  # guards against decompression bombs
-    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+class Decoder:
+    """Built once from the record config, the codec and the model's preprocessing."""
+
+    def __init__(
+        self,
+        codec_name: str,
+        cfg: RecordConfig,
+        preprocess: Preprocess,
+        tokenize: Tokenize | None = None,
+        prompt_template: str = "a photo of a {label}.",
+    ) -> None:
+        self.codec = codec_name
+        self.cfg = cfg
+        self._preprocess = preprocess
+        self._tokenize = tokenize
+        self._template = prompt_template
+
+    def decode(self, raw: RawRecord) -> Pair:
+        """Raw record -> Pair, or DecodeError with a reason from codec.REASONS."""
+        try:
+            sample = codec.parse(raw, self.codec, self.cfg)
+            if self._tokenize is not None:  # the training thread tokenizes it again later
+                self._tokenize([sample.prompt(self._template)])
+            return self.pair(sample)
+        except DecodeError:
+            raise
+        except Exception as exc:  # a bug or a library's surprise: this record only
+            detail = f"{type(exc).__name__}: {exc}"[:200]
+            raise DecodeError("internal_error", detail) from exc
+
+    def pair(self, sample: Sample) -> Pair:
+        return Pair(sample, self.pixels(sample))
+
+    def pixels(self, sample: Sample) -> torch.Tensor:
+        """Encoded image -> the model's input tensor [3, H, W]."""
+        return self._preprocess(decode_image(sample.image, self.cfg))
 
 
-DEFAULT_LIMITS = ImageLimits()
-
-
-def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
-    """Decode and convert to RGB (grayscale and alpha flattened)."""
+def decode_image(data: bytes, limits: RecordConfig | None = None) -> Image.Image:
+    """Decode and convert to RGB (grayscale and alpha flattened), within `limits`'s image
+    size, pixel count, aspect ratio and formats (the record config's defaults if None)."""
+    limits = limits or RecordConfig()
     if not data:
         raise DecodeError("empty_image")
-    if len(data) > limits.max_bytes:
-        raise DecodeError("image_too_large", f"{len(data)} bytes > {limits.max_bytes}")
+    if len(data) > limits.max_image_bytes:
+        raise DecodeError("image_too_large", f"{len(data)} bytes > {limits.max_image_bytes}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=list(limits.formats))
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise DecodeError("too_many_pixels", f"{width}x{height} > {limits.max_pixels}")
+            _check_size(image.size, limits)
             image.load()
+            return _to_rgb(image)
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError("too_many_pixels", str(exc)) from exc
+        raise DecodeError("too_many_pixels", str(exc)[:200]) from exc
     except Image.UnidentifiedImageError as exc:
-        raise DecodeError("not_an_image", str(exc)) from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise DecodeError("corrupt_image", str(exc)) from exc
-    return _to_rgb(image)
+        raise DecodeError("not_an_image", str(exc)[:200]) from exc
+    except Exception as exc:  # truncated or corrupt data: Pillow raises many kinds
+        raise DecodeError("corrupt_image", f"{type(exc).__name__}: {exc}"[:200]) from exc
+
+
+def _check_size(size: tuple[int, int], limits: RecordConfig) -> None:
+    width, height = size
+    if width * height > limits.max_pixels:
+        raise DecodeError("too_many_pixels", f"{width}x{height} > {limits.max_pixels}")
+    if width < 1 or height < 1 or max(size) / min(size) > limits.max_aspect_ratio:
+        raise DecodeError("extreme_aspect_ratio", f"{width}x{height}")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

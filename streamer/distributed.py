@@ -77,10 +77,6 @@ class World:
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
         return {k: bool(v) for k, v in zip(flags, values.tolist(), strict=True)}
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
     # -- objects (checkpoints, config) -----------------------------------------------------
     def gather(self, obj: T) -> list[T] | None:
         """Every rank's obj on rank 0 (None elsewhere)."""

@@ -7,7 +7,6 @@ time) in bounded reservoirs; only the last `max_windows` windows are tracked.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from streamer.config import EvaluationConfig
 from streamer.drift import DriftMonitor
 from streamer.forgetting import AccuracyMatrix
 from streamer.model import ClipModel
-from streamer.records import Sample, StepResult
+from streamer.records import Sample, StepResult, id_hash
 from streamer.replay import ReplayBuffer
 
 
@@ -43,8 +42,7 @@ REFERENCE = "reference"
 
 def probe_bucket(sample_id: str) -> float:
     """A stable number in [0, 1) from the record id: the same on every run and replica."""
-    digest = hashlib.blake2b(sample_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    return id_hash(sample_id) / 2**64
 
 
 class Evaluator:

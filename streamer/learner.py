@@ -16,6 +16,7 @@ import torch
 from streamer import losses
 from streamer.config import LearnerConfig
 from streamer.distributed import World
+from streamer.labels import LabelSet
 from streamer.model import ClipModel
 from streamer.records import Pair, Sample, StepResult
 from streamer.replay import ReplayBuffer
@@ -49,12 +50,17 @@ class Learner:
         self.optimizer = torch.optim.AdamW(
             self._params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
-        self.labels: list[str] = []  # label prompts seen so far, in order of arrival
+        self.label_set = LabelSet(cfg.max_labels)  # scoring candidates, bounded
         self.steps = 0
         self.samples = 0
         self.skipped_nonfinite = 0
         on_cuda = model.device.type == "cuda"
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
+
+    @property
+    def labels(self) -> list[str]:
+        """Label prompts held as scoring candidates, in order of arrival."""
+        return self.label_set.labels
 
     def reconfigure(self, cfg: LearnerConfig) -> None:
         """Live tuning at a step boundary: optimizer settings and the step's shape."""
@@ -105,16 +111,18 @@ class Learner:
     def score(self, batch: Sequence[Pair]) -> tuple[float, float]:
         """Loss and top-1 accuracy on a batch the model has not learned from.
 
-        Candidates: every label prompt seen so far plus this batch's own texts, so a
-        labelled image competes with all known classes and a caption with its batch mates.
+        Candidates: the label prompts held (the `max_labels` most recently seen) plus this
+        batch's own texts, so a labelled image competes with the known classes and a caption
+        with its batch mates.
         """
         self.model.net.eval()
         with self._autocast():
             img = self.model.encode_images(_pixels(batch))
             prompts = self._prompts(batch)
-            candidates, target = losses.unique_targets([*self.labels, *prompts])
+            known = self.labels
+            candidates, target = losses.unique_targets([*known, *prompts])
             txt = self.model.encode_texts(candidates)
-            target = target[len(self.labels) :].to(img.device)
+            target = target[len(known) :].to(img.device)
             accuracy = (img @ txt.t()).argmax(dim=1).eq(target).float().mean()
             loss = self._loss(img, prompts, self.model.logit_scale())
         return float(loss), float(accuracy)
@@ -163,8 +171,9 @@ class Learner:
         if self.cfg.loss == "clip":
             return losses.clip(img, self.model.encode_texts(prompts), scale)
         if self.cfg.loss == "asymmetric":
-            texts, target = losses.unique_targets([*self.labels, *prompts])
-            target = target[len(self.labels) :].to(img.device)
+            known = self.labels
+            texts, target = losses.unique_targets([*known, *prompts])
+            target = target[len(known) :].to(img.device)
             return losses.asymmetric(img, self.model.encode_texts(texts), target, scale)
         if gather:
             return self._global_sit(img, prompts, scale)
@@ -190,13 +199,9 @@ class Learner:
         return [p.sample.prompt(self.cfg.prompt_template) for p in batch]
 
     def _learn_labels(self, batch: Sequence[Pair]) -> None:
-        known = set(self.labels)
         for pair in batch:
             if pair.sample.label is not None:
-                prompt = pair.sample.prompt(self.cfg.prompt_template)
-                if prompt not in known:
-                    known.add(prompt)
-                    self.labels.append(prompt)
+                self.label_set.see(pair.sample.prompt(self.cfg.prompt_template))
 
     def _autocast(self):
         if not self.bf16:
@@ -207,7 +212,7 @@ class Learner:
         return {
             "weights": self.model.trainable_state(),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "labels": list(self.labels),
+            "labels": self.label_set.state_dict(),
             "steps": self.steps,
             "samples": self.samples,
             "skipped_nonfinite": self.skipped_nonfinite,
@@ -217,7 +222,7 @@ class Learner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_trainable_state(state["weights"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.labels = list(state["labels"])
+        self.label_set.load_state_dict(state["labels"])
         self.steps = int(state["steps"])
         self.samples = int(state["samples"])
         self.skipped_nonfinite = int(state["skipped_nonfinite"])

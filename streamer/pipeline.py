@@ -5,21 +5,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from streamer import datasets
 from streamer.config import Settings
-from streamer.datasets import CAPTION
-from streamer.decode import DEFAULT_LIMITS, ImageLimits, decode_image
+from streamer.decode import Decoder
 from streamer.distributed import World, local_device
-from streamer.evaluate import EvalReport, Evaluator
+from streamer.evaluate import REFERENCE, EvalReport, Evaluator
 from streamer.learner import Learner, resolve_device
+from streamer.manifest import ManifestError, read_manifest
 from streamer.model import ClipModel
-from streamer.records import Pair, Sample, StepResult
+from streamer.records import DecodeError, Pair, Sample, StepResult
 from streamer.replay import ReplayBuffer
 
 
@@ -33,12 +29,13 @@ class Outcome:
 @dataclass
 class Engine:
     model: ClipModel
+    decoder: Decoder
     replay: ReplayBuffer
     learner: Learner
     evaluator: Evaluator
 
     def to_pair(self, sample: Sample) -> Pair:
-        return pair_of(self.model, sample)
+        return self.decoder.pair(sample)
 
     def learn(self, pairs: Sequence[Pair], step_anyway: bool = False) -> Outcome:
         """Hold out the probe slice; test-then-train on the rest; evaluate when due.
@@ -80,39 +77,41 @@ def build_engine(settings: Settings, world: World | None = None) -> Engine:
     world = world or World()
     device = local_device(resolve_device(settings.learner.device), world.local_rank)
     model = ClipModel(settings.model, device, seed=settings.learner.seed)
+    template = settings.learner.prompt_template
+    decoder = Decoder(settings.kafka.codec, settings.records, model.pixels, model.tokenizer,
+                      template)  # fmt: skip
     replay = ReplayBuffer(
         settings.replay.capacity, settings.replay.max_bytes, settings.replay.seed + world.rank
     )  # each rank's reservoir draws differently
-    learner = Learner(model, replay, settings.learner, partial(pair_of, model), world=world,
+    learner = Learner(model, replay, settings.learner, decoder.pair, world=world,
                       gather_features=settings.distributed.gather_features)  # fmt: skip
-    evaluator = Evaluator(
-        settings.evaluation, model, partial(pixels_of, model), settings.learner.prompt_template,
-        reference_probes(settings.evaluation.reference_manifest),
-    )  # fmt: skip
-    return Engine(model, replay, learner, evaluator)
+    reference = reference_probes(settings.evaluation.reference_manifest, decoder, template)
+    evaluator = Evaluator(settings.evaluation, model, decoder.pixels, template, reference)
+    return Engine(model, decoder, replay, learner, evaluator)
 
 
-def reference_probes(manifest: Path | None) -> list[Sample]:
-    """The fixed reference probe set of a JSONL manifest, as samples of window 'reference'."""
+def reference_probes(manifest: Path | None, decoder: Decoder, template: str) -> list[Sample]:
+    """The fixed reference probe set of a JSONL manifest, as samples of window 'reference';
+    every image is decoded once here, so a bad one stops start-up with its line named."""
     if manifest is None:
         return []
-    return [
-        Sample(id=f"reference-{item.key}", image=item.encode("PNG"),
-               text=item.text or CAPTION.format(label=item.label), label=item.label,
-               task="reference")
-        for item in datasets.manifest(manifest)
-    ]  # fmt: skip
-
-
-def pixels_of(
-    model: ClipModel, sample: Sample, limits: ImageLimits = DEFAULT_LIMITS
-) -> torch.Tensor:
-    """Encoded image -> the model's input tensor [3, H, W]."""
-    return model.pixels(decode_image(sample.image, limits))
-
-
-def pair_of(model: ClipModel, sample: Sample, limits: ImageLimits = DEFAULT_LIMITS) -> Pair:
-    return Pair(sample, pixels_of(model, sample, limits))
+    samples = []
+    for entry in read_manifest(manifest):
+        try:
+            image = entry.image.read_bytes()
+        except OSError as exc:
+            raise ManifestError(f"{manifest}: {entry.key}: {exc}") from exc
+        text = entry.text or (template.format(label=entry.label) if entry.label else None)
+        if not text:
+            raise ManifestError(f"{manifest}: {entry.key}: needs a text or a label")
+        sample = Sample(id=f"reference-{entry.key}", image=image, text=text, label=entry.label,
+                        task=REFERENCE)  # fmt: skip
+        try:
+            decoder.pixels(sample)
+        except DecodeError as exc:
+            raise ManifestError(f"{manifest}: {entry.key}: {exc}") from exc
+        samples.append(sample)
+    return samples
 
 
 def run_stream(

@@ -1,10 +1,22 @@
-"""Frozen data types passed between modules."""
+"""Frozen data types passed between modules, and the one hash of a record id."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
+
+Partition = tuple[str, int]  # (topic, partition)
+
+
+def id_hash(sample_id: str) -> int:
+    """A stable 64-bit number from a record id: the same on every run, rank and replica.
+
+    It decides the probe slice (id_hash / 2**64 < probe_fraction) and sums into the ledger's
+    digest of accounted records. Ids are valid UTF-8 (the codec refuses others).
+    """
+    return int.from_bytes(hashlib.blake2b(sample_id.encode(), digest_size=8).digest(), "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +71,12 @@ class RawRecord:
     key: bytes | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
     timestamp_ms: int = 0
+
+
+class DecodeError(ValueError):
+    """A record that cannot become a training pair. `reason` is a short, bounded label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

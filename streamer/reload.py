@@ -12,6 +12,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,15 @@ class ReloadRejected(ValueError):
         self.problems = problems
 
 
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """A reload's result: the new config and its changes, or the problems that refused it."""
+
+    settings: Settings | None
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
 class ConfigWatcher:
     def __init__(
         self,
@@ -110,6 +120,13 @@ class ConfigWatcher:
         if fixed:
             raise ReloadRejected([f"{k}: needs a restart" for k in fixed])
         return new, changes
+
+    def outcome(self, current: Settings) -> ReloadOutcome:
+        try:
+            new, changes = self.load(current)
+        except ReloadRejected as exc:
+            return ReloadOutcome(None, problems=exc.problems)
+        return ReloadOutcome(new, changes)
 
     def _content_hash(self) -> str | None:
         try:

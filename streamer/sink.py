@@ -1,19 +1,23 @@
-"""Records out: the dead-letter producer, and publishing dataset streams to a topic."""
+"""Refused records out: the dead-letter topic, and an in-memory stand-in for fast tests.
+
+A dead letter is the record unchanged, with headers saying where it came from and why it
+was refused. `flush` returns only once every dead letter is acknowledged; offsets past a
+record are committed only after its dead letter is durable.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError
 
-from streamer import codec
 from streamer.config import KafkaConfig
-from streamer.records import RawRecord, Sample
-from streamer.source import client_options
+from streamer.kafka_group import client_options
+from streamer.records import RawRecord
 
 log = structlog.get_logger(__name__)
 
@@ -22,8 +26,27 @@ class DeadLetterError(RuntimeError):
     """Dead letters could not be made durable: offsets past them must not be committed."""
 
 
-class DeadLetters:
-    """Produces refused records, unchanged, with headers saying where from and why."""
+class DeadLetterSink(Protocol):
+    def send(self, raw: RawRecord, reason: str, detail: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def headers(raw: RawRecord, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    return [
+        *raw.headers,
+        ("streamer.source.topic", raw.topic.encode()),
+        ("streamer.source.partition", str(raw.partition).encode()),
+        ("streamer.source.offset", str(raw.offset).encode()),
+        ("streamer.reason", reason.encode()),
+        ("streamer.detail", detail[:500].encode("utf-8", "replace")),
+    ]
+
+
+class KafkaDeadLetters:
+    """Produces refused records to `<topic>.dlq` (or `kafka.dlq_topic`), acks=all."""
 
     def __init__(self, cfg: KafkaConfig, attempts: int = 5) -> None:
         self.topic = cfg.dead_letter_topic
@@ -39,15 +62,8 @@ class DeadLetters:
     def _send(self, raw: RawRecord, reason: str, detail: str):
         if self._producer is None:
             self._producer = KafkaProducer(**client_options(self._cfg), acks="all", linger_ms=20)
-        headers = [
-            *raw.headers,
-            ("streamer.source.topic", raw.topic.encode()),
-            ("streamer.source.partition", str(raw.partition).encode()),
-            ("streamer.source.offset", str(raw.offset).encode()),
-            ("streamer.reason", reason.encode()),
-            ("streamer.detail", detail[:500].encode()),
-        ]
-        return self._producer.send(self.topic, value=raw.value, key=raw.key, headers=headers)
+        return self._producer.send(self.topic, value=raw.value, key=raw.key,
+                                   headers=headers(raw, reason, detail))  # fmt: skip
 
     def flush(self) -> None:
         """Block until every dead letter is acknowledged, re-sending failures a few times."""
@@ -71,39 +87,22 @@ class DeadLetters:
             self._producer.close(timeout=5)
 
 
-def ensure_topic(cfg: KafkaConfig, partitions: int) -> None:
-    admin = KafkaAdminClient(**client_options(cfg))
-    try:
-        admin.create_topics([NewTopic(cfg.topic, partitions, 1)])
-    except TopicAlreadyExistsError:
+@dataclass
+class MemoryDeadLetters:
+    """Dead letters kept in a list: `durable` once flushed, as a topic would hold them."""
+
+    pending: list[tuple[RawRecord, str, str]] = field(default_factory=list)
+    durable: list[tuple[RawRecord, str, str]] = field(default_factory=list)
+    broken: bool = False  # flush fails, as with a broker that never acknowledges
+
+    def send(self, raw: RawRecord, reason: str, detail: str) -> None:
+        self.pending.append((raw, reason, detail))
+
+    def flush(self) -> None:
+        if self.broken and self.pending:
+            raise DeadLetterError(f"{len(self.pending)} dead letters not acknowledged")
+        self.durable += self.pending
+        self.pending = []
+
+    def close(self) -> None:
         pass
-    finally:
-        admin.close()
-
-
-def publish(
-    cfg: KafkaConfig, samples: Iterable[Sample], rate: float | None = None, partitions: int = 1
-) -> dict[tuple[str, int], int]:
-    """Send samples in the configured codec (keyed by id); returns each partition's log end."""
-    ensure_topic(cfg, partitions)
-    producer = KafkaProducer(**client_options(cfg), acks="all", linger_ms=5)
-    futures = []
-    start = time.monotonic()
-    for n, sample in enumerate(samples):
-        if cfg.codec == "json":
-            value, headers = codec.encode_json(sample), []
-        else:
-            value, headers = codec.encode_raw(sample)
-        futures.append(
-            producer.send(cfg.topic, value=value, key=sample.id.encode(), headers=headers)
-        )
-        if rate:  # pace to the requested records/s
-            time.sleep(max(0.0, start + (n + 1) / rate - time.monotonic()))
-    producer.flush()
-    producer.close()
-    ends: dict[tuple[str, int], int] = {}
-    for future in futures:
-        meta = future.get(timeout=30)
-        key = (meta.topic, meta.partition)
-        ends[key] = max(ends.get(key, 0), meta.offset + 1)
-    return ends

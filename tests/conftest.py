@@ -9,8 +9,8 @@ import pytest
 import structlog
 import torch
 
-from streamer import datasets
 from streamer.config import Settings, StreamConfig
+from streamer.dev import datasets
 from streamer.pipeline import Engine, build_engine
 from streamer.records import Sample
 

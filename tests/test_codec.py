@@ -9,8 +9,7 @@ import pytest
 
 from streamer.codec import encode_json, encode_raw, parse
 from streamer.config import RecordConfig
-from streamer.decode import DecodeError
-from streamer.records import RawRecord, Sample
+from streamer.records import DecodeError, RawRecord, Sample
 
 CFG = RecordConfig()
 PNG = base64.b64decode(
@@ -27,12 +26,12 @@ def _json(**fields) -> RawRecord:
 
 
 def test_json_record_round_trips_through_the_producer_encoding():
-    sample = Sample("id-1", PNG, "a photo of a bag.", "bag", "task-3", 12.5)
+    sample = Sample("id-1", PNG, "a photo of a bag.", "bag", "task-3", 1_700_000_012.5)
     assert parse(_raw(encode_json(sample)), "json", CFG) == sample
 
 
 def test_raw_record_round_trips_through_the_producer_encoding():
-    sample = Sample("id-2", PNG, "a shoe", "sneaker", None, 99.0)
+    sample = Sample("id-2", PNG, "a shoe", "sneaker", None, 1_699_999_999.0)
     value, headers = encode_raw(sample)
     assert parse(_raw(value, headers), "raw", CFG) == sample
 
@@ -101,6 +100,6 @@ def test_every_reason_raised_anywhere_is_in_the_fixed_vocabulary():
     import streamer
     from streamer.codec import REASONS
 
-    source = "".join(p.read_text() for p in Path(streamer.__file__).parent.glob("*.py"))
+    source = "".join(p.read_text() for p in Path(streamer.__file__).parent.rglob("*.py"))
     raised = set(re.findall(r'DecodeError\(\s*"([a-z0-9_]+)"', source))
     assert raised == set(REASONS)

@@ -57,7 +57,8 @@ def test_check_config_masks_secrets_and_lists_every_problem(tmp_path, capsys):
 
     good = tmp_path / "good.yaml"
     good.write_text(
-        "kafka:\n  sasl_mechanism: PLAIN\n  sasl_username: u\n  sasl_password: hunter2\n"
+        "kafka:\n  security_protocol: SASL_PLAINTEXT\n  sasl_mechanism: PLAIN\n"
+        "  sasl_username: u\n  sasl_password: hunter2\n"
     )
     assert main(["check-config", str(good)]) == 0
     out = capsys.readouterr().out

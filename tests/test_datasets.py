@@ -9,9 +9,9 @@ import json
 import pytest
 from PIL import Image
 
-from streamer import datasets
 from streamer.config import StreamConfig
 from streamer.decode import decode_image
+from streamer.dev import datasets
 
 needs_fashion = pytest.mark.skipif(
     not datasets.FASHION_MNIST_DIR.exists(), reason="dataset-fashion-mnist not installed"

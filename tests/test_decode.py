@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streamer.decode import DecodeError, ImageLimits, decode_image
+from streamer.config import RecordConfig
+from streamer.decode import decode_image
+from streamer.records import DecodeError
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -61,11 +63,11 @@ def test_bad_bytes_fail_with_a_reason(data, reason):
 def test_limits_on_bytes_pixels_and_formats():
     png = _encode(_photo(size=(100, 100)), "PNG")
     with pytest.raises(DecodeError, match="image_too_large"):
-        decode_image(png, ImageLimits(max_bytes=100))
+        decode_image(png, RecordConfig(max_image_bytes=100))
     with pytest.raises(DecodeError, match="too_many_pixels"):
-        decode_image(png, ImageLimits(max_pixels=5_000))
+        decode_image(png, RecordConfig(max_pixels=5_000))
     with pytest.raises(DecodeError, match="not_an_image"):
-        decode_image(png, ImageLimits(formats=("JPEG",)))
+        decode_image(png, RecordConfig(formats=("JPEG",)))
 
 
 def _png_claiming(width: int, height: int) -> bytes:

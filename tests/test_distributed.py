@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import generate_latest
 
 from streamer import snapshot
-from streamer.daemon import id_hash
 from streamer.distributed import World
 from streamer.metrics import with_rank
 from streamer.pipeline import build_engine
+from streamer.records import id_hash
 
 from .conftest import tiny_settings
 
@@ -32,9 +32,10 @@ def test_partition_shares_are_fixed_disjoint_and_cover_the_topic():
 
 
 def _shard(offsets: dict[str, int], trained: int, ids: list[str]) -> snapshot.Shard:
+    ledger = {"offsets": offsets, "counts": {"trained": trained},
+              "digest": str(sum(id_hash(i) for i in ids) % 2**64), "lineage": "L"}  # fmt: skip
     return {"learner": {"samples": trained}, "replay": {"r": trained}, "evaluator": {},
-            "offsets": offsets, "counts": {"trained": trained},
-            "digest": str(sum(id_hash(i) for i in ids) % 2**64), "fingerprint": "f"}  # fmt: skip
+            "ledger": ledger, "fingerprint": "f"}  # fmt: skip
 
 
 def test_merged_meta_sums_counts_and_takes_each_partition_from_its_furthest_rank():
@@ -50,12 +51,12 @@ def test_a_smaller_world_folds_totals_into_rank_0_and_a_larger_one_starts_new_ra
     shards = [_shard({"t:0": 10}, 7, ["a"]), _shard({"t:1": 9}, 5, ["b"])]
     state, meta = snapshot.merge(shards, {}, {})
     one = snapshot.split(state, meta, 1)
-    assert one[0]["counts"] == {"trained": 12}
-    assert int(one[0]["digest"]) == int(meta["digest"])
+    assert one[0]["ledger"]["counts"] == {"trained": 12}
+    assert int(one[0]["ledger"]["digest"]) == int(meta["digest"])
     three = snapshot.split(state, meta, 3)
-    assert [s["counts"] for s in three] == [{"trained": 7}, {"trained": 5}, {}]
+    assert [s["ledger"]["counts"] for s in three] == [{"trained": 7}, {"trained": 5}, {}]
     assert three[2]["replay"] is None and three[2]["learner"]["samples"] == 0
-    assert all(s["offsets"] == {"t:0": 10, "t:1": 9} for s in three)
+    assert all(s["ledger"]["offsets"] == {"t:0": 10, "t:1": 9} for s in three)
 
 
 def test_the_weights_fingerprint_covers_scalars_and_changes_with_any_bit():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer import scenarios
 from streamer.config import EvaluationConfig
+from streamer.dev import scenarios
 from streamer.evaluate import Evaluator
 
 DETECTION_BOUND = 2000  # trained samples after the first tuned one (measured: 1,297 to 1,628)

@@ -35,6 +35,12 @@ def daemon(tmp_path) -> Daemon:
     return Daemon(load_settings(config), watcher=watcher)
 
 
+def _step_boundary(daemon: Daemon) -> None:
+    """What the run loop does between steps: reload when the watcher saw a change."""
+    if daemon.watcher.changed():
+        daemon.reload()
+
+
 def _sample(daemon: Daemon, name: str) -> float | None:
     return daemon.metrics.registry.get_sample_value(name)
 
@@ -48,7 +54,7 @@ def _changed(daemon: Daemon, **sections) -> dict:
 
 def test_a_learning_rate_change_reaches_the_optimizer_and_the_metric(daemon):
     _write(daemon.watcher.path, _changed(daemon, learner={"lr": 0.01, "steps_per_batch": 1}))
-    daemon.maybe_reload()
+    _step_boundary(daemon)
     assert daemon.engine.learner.optimizer.param_groups[0]["lr"] == 0.01
     assert daemon.engine.learner.cfg.steps_per_batch == 1
     assert _sample(daemon, "streamer_train_learning_rate") == 0.01
@@ -75,7 +81,7 @@ def test_a_bad_reload_keeps_the_old_config_and_names_the_field(daemon, content, 
     if isinstance(content, dict):
         content = _changed(daemon, **content)
     _write(daemon.watcher.path, content)
-    daemon.maybe_reload()
+    _step_boundary(daemon)
     assert daemon.settings is before
     assert daemon.engine.learner.optimizer.param_groups[0]["lr"] == 0.0005
     assert _sample(daemon, "streamer_config_last_reload_successful") == 0
@@ -100,7 +106,7 @@ def test_a_kubernetes_symlink_swap_of_the_config_directory_triggers_a_reload(tmp
     _write(second / "config.yaml", {**data, "learner": {"lr": 0.003, "batch_size": 16}})
     os.symlink(second.name, mount / "..data_tmp")
     os.replace(mount / "..data_tmp", mount / "..data")  # the atomic swap kubelet does
-    daemon.maybe_reload()
+    _step_boundary(daemon)
     assert daemon.settings.learner.lr == 0.003
     assert daemon.engine.learner.optimizer.param_groups[0]["lr"] == 0.003
 
@@ -118,22 +124,23 @@ def test_environment_overrides_survive_a_reload(tmp_path, monkeypatch):
     daemon = Daemon(load_settings(config), watcher=ConfigWatcher(config, {}, poll_seconds=0))
     _write(config, {**BASE, "checkpoint": {"dir": str(tmp_path / "ckpt")},
                     "learner": {"lr": 0.002, "batch_size": 16}})  # fmt: skip
-    daemon.maybe_reload()
+    _step_boundary(daemon)
     assert daemon.settings.learner.weight_decay == 0.1 and daemon.settings.learner.lr == 0.002
 
 
 def test_secrets_compare_by_value_and_never_reach_the_log(daemon):
     out = io.StringIO()
     logs.configure("INFO", "json", out)
-    kafka = {"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "first-secret"}
+    kafka = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+             "sasl_username": "u", "sasl_password": "first-secret"}  # fmt: skip
     daemon.settings = load_settings(
         daemon.watcher.path, {f"kafka.{k}": v for k, v in kafka.items()}
     )
     _write(daemon.watcher.path, _changed(daemon, kafka={**kafka, "sasl_password": "second-secret"}))
-    daemon.maybe_reload()  # a new password is a change (restart-only), though both show masked
+    _step_boundary(daemon)  # a new password is a change (restart-only), though both show masked
     assert daemon.settings.kafka.sasl_password.get_secret_value() == "first-secret"
     _write(daemon.watcher.path, _changed(daemon, kafka=kafka, learner={"lr": 0.002}))
-    daemon.maybe_reload()
+    _step_boundary(daemon)
     assert daemon.settings.learner.lr == 0.002
     text = out.getvalue()
     assert "kafka.sasl_password: needs a restart" in text and "learner.lr" in text

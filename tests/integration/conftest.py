@@ -16,10 +16,10 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, TopicPartition
 
-from streamer.broker import EmbeddedBroker
 from streamer.config import Settings
-from streamer.daemon import Daemon, id_hash
-from streamer.records import Sample
+from streamer.daemon import Daemon
+from streamer.dev.broker import EmbeddedBroker
+from streamer.records import Sample, id_hash
 
 FAST_GROUP = {"max_poll_interval_ms": 5000, "session_timeout_ms": 6000,
               "heartbeat_interval_ms": 500}  # fmt: skip  # small, or a group join takes minutes
@@ -67,7 +67,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def accounted(daemon: Daemon) -> int:
-    return daemon.counts["trained"] + daemon.counts["probes"] + daemon.counts["dead_lettered"]
+    return daemon.ledger.accounted
 
 
 class ThreadedDaemon:

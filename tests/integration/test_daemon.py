@@ -14,7 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from streamer.checkpoint import complete_checkpoints
 from streamer.config import KafkaConfig
-from streamer.sink import publish
+from streamer.dev.produce import publish
 
 from .conftest import (
     ThreadedDaemon,
@@ -46,9 +46,9 @@ def test_every_record_is_trained_once_and_offsets_are_committed(broker, tmp_path
     config = daemon_config(tmp_path, broker.bootstrap, topic)
     with ThreadedDaemon(config) as daemon:
         wait_until(lambda: accounted(daemon) >= len(samples), 120, "all records")
-    assert daemon.counts["trained"] + daemon.counts["probes"] == len(samples)
-    assert daemon.counts["probes"] > 0 and daemon.counts["dead_lettered"] == 0
-    assert daemon.digest == expected_digest(samples)  # each id exactly once
+    assert daemon.ledger.counts["trained"] + daemon.ledger.counts["probes"] == len(samples)
+    assert daemon.ledger.counts["probes"] > 0 and daemon.ledger.counts["dead_lettered"] == 0
+    assert daemon.ledger.digest == expected_digest(samples)  # each id exactly once
     meta = _latest_meta(config)
     assert meta["counts"]["trained"] + meta["counts"]["probes"] == len(samples)
     assert meta["offsets"] == {f"{t}:{p}": end for (t, p), end in ends.items()}
@@ -156,8 +156,10 @@ def test_malformed_records_go_to_the_dead_letter_topic_with_their_reason(
     total = len(valid) + len(bad) + 1
     with ThreadedDaemon(config) as daemon:
         wait_until(lambda: accounted(daemon) >= total, 120, "all records")
-        wait_until(lambda: daemon.last_checkpoint is not None and not daemon._dirty, 30, "ckpt")
-    assert daemon.counts["trained"] + daemon.counts["probes"] == len(valid) + 1
+        wait_until(
+            lambda: daemon.persistence.last is not None and not daemon.ledger.dirty, 30, "ckpt"
+        )
+    assert daemon.ledger.counts["trained"] + daemon.ledger.counts["probes"] == len(valid) + 1
     dlq = KafkaConsumer(f"{topic}.dlq", bootstrap_servers=[broker.bootstrap],
                         auto_offset_reset="earliest", consumer_timeout_ms=5000)  # fmt: skip
     letters = [dict(r.headers) for r in dlq]
@@ -206,7 +208,7 @@ def test_a_flood_of_malformed_records_logs_a_bounded_number_of_lines(broker, tmp
         wait_until(lambda: accounted(daemon) >= 10_000, 180, "all records")
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     refused = [line for line in lines if line["event"] == "record refused"]
-    assert daemon.counts["dead_lettered"] == 10_000
+    assert daemon.ledger.counts["dead_lettered"] == 10_000
     assert 1 <= len(refused) <= 10  # one per interval, not one per record
     samples = [line for line in refused if "offset" in line]  # the rest are closing counts
     assert sum(line["suppressed_since_last"] for line in refused) + len(samples) == 10_000

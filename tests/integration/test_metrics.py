@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from streamer.config import KafkaConfig
-from streamer.sink import publish
+from streamer.dev.produce import publish
 
 from ..test_monitoring import UNPLOTTED, dashboard_metric_names, rule_metric_names
 from .conftest import ThreadedDaemon, accounted, daemon_config, new_topic, wait_until
@@ -33,7 +33,7 @@ def test_a_live_scrape_passes_promtool_and_health_endpoints_answer(broker, tmp_p
     config = daemon_config(tmp_path, broker.bootstrap, topic)
     with ThreadedDaemon(config) as daemon:
         wait_until(lambda: accounted(daemon) >= len(samples), 120, "all records")
-        wait_until(lambda: daemon.last_checkpoint is not None, 30, "a checkpoint")
+        wait_until(lambda: daemon.persistence.last is not None, 30, "a checkpoint")
         port = daemon.metrics_port
         status, text = _get(port, "/metrics")
         assert _get(port, "/healthz")[0] == 200 and _get(port, "/readyz")[0] == 200
@@ -53,6 +53,7 @@ def test_a_live_scrape_passes_promtool_and_health_endpoints_answer(broker, tmp_p
         "streamer_records_trained_total", "streamer_train_step_duration_seconds_bucket",
         'streamer_state{streamer_state="running"} 1.0', "streamer_quality_window_accuracy_ratio",
         "streamer_checkpoint_last_success_timestamp_seconds", "streamer_build_info",
-        f'streamer_kafka_partition_lag_records{{partition="{topic}:0"}}',
+        f'streamer_kafka_partition_lag_records{{partition="0",topic="{topic}"}}',
+        "process_resident_memory_bytes", "python_gc_collections_total",
     ):  # fmt: skip
         assert expected in text

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streamer.broker import free_port
 from streamer.config import KafkaConfig
-from streamer.sink import publish
+from streamer.dev.broker import free_port
+from streamer.dev.produce import publish
 
 from .conftest import ThreadedDaemon, daemon_config, new_topic, wait_until
 

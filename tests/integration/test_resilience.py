@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from streamer.broker import EmbeddedBroker, free_port
 from streamer.config import KafkaConfig
-from streamer.sink import publish
+from streamer.dev.broker import EmbeddedBroker, free_port
+from streamer.dev.produce import publish
 
 from .conftest import (
     ThreadedDaemon,
@@ -42,9 +42,9 @@ def test_a_step_longer_than_max_poll_interval_does_not_evict_the_member(
     daemon.engine.learn = slow_learn
     with runner:
         wait_until(lambda: accounted(daemon) >= len(samples), 120, "all records")
-        wait_until(lambda: not daemon._dirty, 30, "a checkpoint")
+        wait_until(lambda: not daemon.ledger.dirty, 30, "a checkpoint")
         assert daemon.source.rebalances == 1  # the first assignment only: never evicted
-    assert daemon.digest == expected_digest(samples)
+    assert daemon.ledger.digest == expected_digest(samples)
     assert committed_offsets(broker.bootstrap, config["kafka"]["group_id"], list(ends)) == ends
 
 
@@ -59,14 +59,14 @@ def test_broker_restart_mid_run_keeps_the_daemon_learning(tmp_path, digit_stream
     try:
         with ThreadedDaemon(config) as daemon:
             wait_until(lambda: accounted(daemon) >= len(before), 120, "records before")
-            wait_until(lambda: daemon.source.last_committed, 30, "a commit")
+            wait_until(lambda: daemon.ledger.committed, 30, "a commit")
             broker.stop()  # memory-only: topic and offsets are gone
             time.sleep(3)
             broker = EmbeddedBroker(port, log_path=tmp_path / "tansu.log").start()
             publish(kafka, after)  # the recreated topic starts again at offset 0
             wait_until(lambda: accounted(daemon) >= len(before) + len(after), 120, "after")
             assert daemon.state == "running"
-        assert daemon.digest == expected_digest(before + after)
+        assert daemon.ledger.digest == expected_digest(before + after)
     finally:
         broker.stop()
 
@@ -85,10 +85,10 @@ def test_two_daemons_in_one_group_split_partitions_and_train_each_record_once(
         wait_until(lambda: accounted(a) > 0, 120, "the first daemon to start learning")
         with second:  # joins mid-stream: a rebalance hands partitions over
             wait_until(lambda: accounted(a) + accounted(b) >= len(samples), 180, "all records")
-            wait_until(lambda: not a._dirty and not b._dirty, 30, "checkpoints")
+            wait_until(lambda: not a.ledger.dirty and not b.ledger.dirty, 30, "checkpoints")
             assert a.source.assigned and b.source.assigned
             assert not a.source.assigned & b.source.assigned
     assert accounted(a) + accounted(b) == len(samples)
-    assert (a.digest + b.digest) % 2**64 == expected_digest(samples)
+    assert (a.ledger.digest + b.ledger.digest) % 2**64 == expected_digest(samples)
     group = a.settings.kafka.group_id
     assert committed_offsets(broker.bootstrap, group, list(ends)) == ends

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from streamer.checkpoint import complete_checkpoints
 from streamer.config import KafkaConfig
-from streamer.sink import publish
+from streamer.dev.produce import publish
 from streamer.snapshot import fingerprint
 
 from .conftest import committed_offsets, daemon_config, expected_digest, new_topic, wait_until

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import random
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from streamer.config import StreamConfig
+from streamer.manifest import read_manifest
 from streamer.records import Sample
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -89,15 +89,7 @@ def digits() -> list[Item]:
 
 def manifest(path: Path) -> list[Item]:
     """JSONL lines `{"image": path, "text": ..., "label": ...}`; paths relative to the file."""
-    items = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        entry = json.loads(line)
-        image = (Path(path).parent / entry["image"]).resolve()
-        label = entry.get("label")
-        items.append(Item(f"{Path(path).stem}-{n}", label, _file_reader(image), entry.get("text")))
-    return items
+    return [Item(e.key, e.label, _file_reader(e.image), e.text) for e in read_manifest(path)]
 
 
 def _file_reader(path: Path) -> Callable[[str], bytes]:

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import structlog
 
-from streamer import datasets
-from streamer.broker import EmbeddedBroker, free_port
 from streamer.config import Settings
 from streamer.daemon import Daemon
+from streamer.dev import datasets
+from streamer.dev.broker import EmbeddedBroker, free_port
+from streamer.dev.produce import publish
+from streamer.dev.report import progress_line, summary_table, write_summary
 from streamer.evaluate import EvalReport
 from streamer.pipeline import Outcome
-from streamer.report import progress_line, summary_table, write_summary
-from streamer.sink import publish
 
 log = structlog.get_logger(__name__)
 
@@ -50,15 +50,13 @@ def run_demo(settings: Settings, out: Path, every: int = 10) -> int:
         started = time.monotonic()
 
         def on_step(outcome: Outcome, daemon: Daemon) -> None:
-            trained = daemon.counts["trained"]
+            trained = daemon.ledger.counts["trained"]
             if outcome.report is not None:
                 history.append((trained, dict(outcome.report.accuracy)))
             if outcome.report is not None or outcome.result.step % every == 0:
                 rate = trained / (time.monotonic() - started)
                 print(progress_line(outcome.result, trained, rate, outcome.report), flush=True)
-            if sum(daemon.counts[k] for k in ("trained", "probes", "dead_lettered")) >= len(
-                samples
-            ):
+            if daemon.ledger.accounted >= len(samples):
                 daemon.stop.set()  # every record accounted for: checkpoint, commit, exit
 
         daemon = Daemon(settings, on_step=on_step)
@@ -68,11 +66,12 @@ def run_demo(settings: Settings, out: Path, every: int = 10) -> int:
         code = daemon.run()
         seconds = time.monotonic() - started
     final = daemon.engine.evaluator.evaluate(daemon.engine.learner.labels)
-    history.append((daemon.counts["trained"], dict(final.accuracy)))
+    history.append((daemon.ledger.counts["trained"], dict(final.accuracy)))
     print("\n" + summary_table(daemon.engine.evaluator.matrix, final))
-    print(f"\n{daemon.counts['trained']} trained, {daemon.counts['probes']} probes in "
-          f"{seconds:.0f} s ({daemon.counts['trained'] / seconds:.1f} samples/s); "
-          f"last checkpoint {daemon.last_checkpoint}")  # fmt: skip
+    counts = daemon.ledger.counts
+    print(f"\n{counts['trained']} trained, {counts['probes']} probes in {seconds:.0f} s "
+          f"({counts['trained'] / seconds:.1f} samples/s); "
+          f"last checkpoint {daemon.persistence.last}")  # fmt: skip
     write_summary(out, daemon.engine.evaluator.matrix, final, seconds)
     plot_accuracy(history, final, out / "accuracy.png")
     print(f"summary: {out}/summary.txt  plot: {out}/accuracy.png")
@@ -82,7 +81,7 @@ def run_demo(settings: Settings, out: Path, every: int = 10) -> int:
 def _local(settings: Settings, bootstrap: str, out: Path) -> Settings:
     kafka = settings.kafka.model_copy(update={"bootstrap_servers": (bootstrap,)})
     checkpoint = settings.checkpoint.model_copy(update={"dir": out / "checkpoints"})
-    metrics = settings.metrics.model_copy(update={"host": "127.0.0.1", "port": _port(9100)})
+    metrics = settings.metrics.model_copy(update={"host": "127.0.0.1", "port": _port(8439)})
     update = {"kafka": kafka, "checkpoint": checkpoint, "metrics": metrics}
     return settings.model_copy(update=update)
 

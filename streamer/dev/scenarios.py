@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from streamer import datasets
 from streamer.config import Settings
-from streamer.datasets import CAPTION, Item
+from streamer.dev import datasets
+from streamer.dev.datasets import CAPTION, Item
 from streamer.evaluate import EvalReport, Evaluator
-from streamer.pipeline import build_engine, pixels_of, run_stream
+from streamer.pipeline import build_engine, run_stream
 from streamer.records import Sample, StepResult
 
 Stream = Literal["shifted", "stationary", "stationary-then-shifted"]
@@ -113,7 +112,7 @@ def run(
     settings = _settings(base, towers, lr, eval_every, seed)
     engine = build_engine(settings)
     engine.evaluator = Evaluator(
-        settings.evaluation, engine.model, partial(pixels_of, engine.model),
+        settings.evaluation, engine.model, engine.decoder.pixels,
         settings.learner.prompt_template, reference(seed),
     )  # fmt: skip
     trace = Trace(f"{towers} towers, {kind}", settings.evaluation.misalignment_threshold)

@@ -1,0 +1,97 @@
+"""Kafka client settings, the consumer-group rebalance listener, and positioning.
+
+The listener runs on kafka-python's IO loop: it must await, never block, or heartbeats
+stop. It hands revocations to the training thread and positions new partitions where the
+ledger says.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+
+from streamer.config import KafkaConfig
+from streamer.source import GroupCommit, Resume, Revocation
+
+if TYPE_CHECKING:
+    from streamer.kafka_source import KafkaSource
+
+log = structlog.get_logger(__name__)
+
+
+def client_options(cfg: KafkaConfig) -> dict[str, Any]:
+    """Connection and security settings shared by the consumer and the producers."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(cfg.bootstrap_servers),
+        "client_id": cfg.client_id,
+        "security_protocol": cfg.security_protocol,
+    }
+    if cfg.sasl_mechanism:
+        options |= {"sasl_mechanism": cfg.sasl_mechanism, "sasl_plain_username": cfg.sasl_username}
+        if cfg.sasl_password is not None:
+            options["sasl_plain_password"] = cfg.sasl_password.get_secret_value()
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_check_hostname"] = cfg.ssl_check_hostname
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(cfg, name) is not None:
+                options[name] = str(getattr(cfg, name))
+        if cfg.ssl_password is not None:
+            options["ssl_password"] = cfg.ssl_password.get_secret_value()
+    return options
+
+
+def position(
+    consumer: KafkaConsumer, tp: TopicPartition, resume: Resume, commit: Any, reset: str
+) -> None:
+    """Seek to where this partition resumes (always explicit: kafka-python keeps the fetch
+    position of a partition assigned again, and records fetched past our accounting were
+    dropped). `commit` is the group's OffsetAndMetadata, an offset, or None."""
+    if commit is not None and not isinstance(commit, int):
+        group = GroupCommit(commit.offset, commit.metadata or "") if commit.offset >= 0 else None
+    else:
+        group = GroupCommit(commit) if commit is not None and commit >= 0 else None
+    target = resume((tp.topic, tp.partition), group)
+    if target is not None:
+        consumer.seek(tp, target)
+    elif reset == "earliest":
+        consumer.seek_to_beginning(tp)
+    else:
+        consumer.seek_to_end(tp)
+
+
+class Listener(AsyncConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource, consumer: KafkaConsumer) -> None:
+        self.source = source
+        # kafka-python 3 exposes no public awaitables for listeners; these are its own.
+        self._coordinator = consumer._coordinator
+        self._net = consumer._coordinator._net
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        partitions = {(tp.topic, tp.partition) for tp in revoked}
+        if not partitions or self.source.stopping:  # closing: already checkpointed
+            return
+        self.source.drop(partitions)
+        request = Revocation(partitions)
+        self.source.revocation = request
+        deadline = time.monotonic() + self.source.cfg.max_poll_interval_ms / 2000
+        while not request.done.is_set() and time.monotonic() < deadline:
+            await self._net.sleep(0.05)  # the trainer checkpoints and commits meanwhile
+        if not request.done.is_set():
+            log.warning(
+                "revoked partitions given up before their checkpoint", partitions=partitions
+            )
+        self.source.revocation = None
+
+    async def on_partitions_lost(self, lost) -> None:
+        partitions = {(tp.topic, tp.partition) for tp in lost}
+        log.warning("partitions lost without a chance to commit", partitions=partitions)
+        self.source.drop(partitions)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        committed = await self._coordinator.fetch_committed_offsets_async(set(assigned))
+        self.source.positioned(self.consumer, {tp: committed.get(tp) for tp in assigned})

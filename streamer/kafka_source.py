@@ -1,0 +1,313 @@
+"""Records in from Kafka: a consumer group polled on its own thread, decoded on another.
+
+The training thread only takes decoded items from a bounded queue. The poll thread keeps
+polling while steps run (pausing fetches when the queue is full), so a long step never
+makes the group evict this member. Rebalances are handed to the training thread: before
+partitions are given up, it finishes its step, checkpoints and commits them (see Daemon).
+A worker thread that dies, or polling that keeps failing, fails the source (SourceFailed
+from `get`, `failure()` for health): it never stalls quietly.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaConfigurationError, KafkaError, UnsupportedCodecError
+from kafka.structs import OffsetAndMetadata
+
+from streamer.config import KafkaConfig
+from streamer.kafka_group import Listener, client_options, position
+from streamer.records import DecodeError, Partition, RawRecord
+from streamer.source import Decode, Item, Resume, Revocation, SourceFailed, SourceStats, to_item
+
+log = structlog.get_logger(__name__)
+PERMANENT = (UnsupportedCodecError, KafkaConfigurationError)  # retrying never helps
+
+
+class KafkaSource:
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        decode: Decode,
+        backoff: tuple[float, float] = (1.0, 30.0),
+        owns: Callable[[list[int]], list[int]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._owns = owns  # a fixed share of partitions (assign), else the group decides
+        self._decode = decode
+        self._backoff = backoff
+        self._resume: Resume = lambda _p, _g: None
+        self._raw: queue.Queue[tuple[RawRecord, int] | None] = queue.Queue()
+        self._ready: queue.Queue[tuple[Item, int]] = queue.Queue()
+        self._epochs: dict[Partition, int] = {}  # bumped when a partition leaves us
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self.revocation: Revocation | None = None
+        self._failure: str | None = None
+        self.assigned: set[Partition] = set()
+        self._highwater: dict[Partition, int] = {}
+        self._paused = False
+        self.rebalances = 0
+        self._last_poll: float | None = None
+        self._threads = [
+            threading.Thread(target=self._guarded(self._poll_loop), name="kafka-poll",
+                             daemon=True),
+            threading.Thread(target=self._guarded(self._decode_loop), name="decode",
+                             daemon=True),
+        ]  # fmt: skip
+
+    # -- training thread -----------------------------------------------------------------
+    def start(self, resume: Resume) -> None:
+        self._resume = resume
+        for thread in self._threads:
+            thread.start()
+
+    def get(self, max_items: int, timeout: float) -> list[Item]:
+        """Up to max_items decoded items, waiting at most `timeout` for the first ones."""
+        items: list[Item] = []
+        deadline = time.monotonic() + timeout
+        while len(items) < max_items and self.revocation is None:
+            if self._failure is not None:
+                raise SourceFailed(self._failure)
+            try:
+                wait = min(0.1, max(0.0, deadline - time.monotonic()))
+                item, epoch = self._ready.get(timeout=wait)
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    break
+                continue
+            if epoch == self._epochs.get(item.partition, 0):  # else: from a partition we gave up
+                items.append(item)
+        return items
+
+    def pending_revocation(self) -> Revocation | None:
+        return self.revocation
+
+    def commit(self, offsets: dict[Partition, int], metadata: str) -> bool:
+        """Commit next-offsets (a checkpoint's); False when the broker refuses or is away."""
+        consumer = self._consumer
+        if consumer is None or not offsets:
+            return consumer is not None
+        payload = {
+            TopicPartition(t, p): OffsetAndMetadata(o, metadata, -1)
+            for (t, p), o in offsets.items()
+        }
+        try:
+            with self._lock:  # kafka-python 3 runs this on its IO loop; one commit at a time
+                consumer.commit(payload, timeout_ms=10_000)
+            return True
+        except (KafkaError, OSError) as exc:
+            log.warning("commit failed; the next checkpoint retries", error=str(exc))
+            return False
+
+    def failure(self) -> str | None:
+        return self._failure
+
+    def stats(self) -> SourceStats:
+        return SourceStats(
+            frozenset(self.assigned), dict(self._highwater),
+            self._raw.qsize() + self._ready.qsize(), self._paused, self._last_poll,
+            self.rebalances, self.rebalances > 0,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+
+    # -- failure -------------------------------------------------------------------------
+    def fail(self, why: str) -> None:
+        if self._failure is None:
+            self._failure = why
+            log.error("record source failed", reason=why)
+        self._stop.set()
+
+    def _guarded(self, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # a dead worker must fail the daemon, not stall it
+                log.exception("worker thread died", thread=threading.current_thread().name)
+                self.fail(f"{threading.current_thread().name} thread died: "
+                          f"{type(exc).__name__}: {exc}"[:300])  # fmt: skip
+
+        return run
+
+    # -- poll thread ---------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        consumer = self._connect()
+        failing_since: float | None = None
+        while consumer is not None and not self._stop.is_set():
+            self._apply_backpressure(consumer)
+            try:
+                batches = consumer.poll(timeout_ms=100, max_records=500)
+            except Exception as exc:
+                failing_since = failing_since or time.monotonic()
+                self._poll_failed(consumer, exc, time.monotonic() - failing_since)
+                continue
+            failing_since = None
+            self._last_poll = time.time()
+            self._note_highwater(consumer)
+            for tp, records in batches.items():
+                self._enqueue(tp, records)
+        self._raw.put(None)
+
+    def _poll_failed(self, consumer: KafkaConsumer, exc: Exception, seconds: float) -> None:
+        """Permanent errors fail at once; a record kafka-python cannot parse is skipped;
+        anything else is retried until it has lasted `poll_error_budget_seconds`."""
+        cause = f"{type(exc).__name__}: {exc}"[:300]
+        if isinstance(exc, PERMANENT):
+            self.fail(f"cannot consume {self.cfg.topic}: {cause}")
+        elif not isinstance(exc, KafkaError) and self._skip_unreadable(consumer, exc):
+            return
+        elif seconds > self.cfg.poll_error_budget_seconds:
+            self.fail(f"polling has failed for {seconds:.0f} s: {cause}")
+        else:
+            log.warning("poll failed; retrying", error=cause, failing_for=round(seconds, 1))
+            self._stop.wait(self._backoff[0])
+
+    def _skip_unreadable(self, consumer: KafkaConsumer, exc: Exception) -> bool:
+        """Find the partition whose next record cannot be parsed (poll each alone) and step
+        over that record, handing it on as refused; False if none is found."""
+        candidates = [tp for tp in consumer.assignment() if tp not in consumer.paused()]
+        consumer.pause(*candidates)
+        try:
+            for tp in candidates:
+                consumer.resume(tp)
+                try:
+                    for _ in range(20):  # records before the bad one come first
+                        self._enqueue(tp, consumer.poll(timeout_ms=200).get(tp, []))
+                except Exception as error:
+                    self._refuse_unreadable(consumer, tp, error)
+                    return True
+                finally:
+                    consumer.pause(tp)
+        finally:
+            consumer.resume(*candidates)
+        log.warning("poll failed and no partition reproduces it", error=str(exc)[:300])
+        return False
+
+    def _refuse_unreadable(self, consumer: KafkaConsumer, tp: TopicPartition, error) -> None:
+        offset = consumer.position(tp)
+        raw = RawRecord(tp.topic, tp.partition, offset, None)
+        detail = f"{type(error).__name__}: {error}"[:200]
+        epoch = self._epochs.get((tp.topic, tp.partition), 0)
+        self._ready.put((Item(raw, error=DecodeError("unreadable_record", detail)), epoch))
+        consumer.seek(tp, offset + 1)  # the record stays in the topic; its DLQ entry says where
+
+    def _enqueue(self, tp: TopicPartition, records) -> None:
+        epoch = self._epochs.get((tp.topic, tp.partition), 0)
+        for r in records:
+            raw = RawRecord(tp.topic, tp.partition, r.offset, r.value, r.key,
+                            tuple(r.headers or ()), r.timestamp)  # fmt: skip
+            self._raw.put((raw, epoch))
+
+    def _note_highwater(self, consumer: KafkaConsumer) -> None:
+        """Log ends seen in fetch responses, for lag (None until a partition was fetched)."""
+        marks = {}
+        for tp in consumer.assignment():
+            mark = consumer.highwater(tp)
+            if mark is not None:
+                marks[(tp.topic, tp.partition)] = mark
+        self._highwater = marks
+
+    def _connect(self) -> KafkaConsumer | None:
+        """Create the consumer, retrying with backoff while the broker is unreachable."""
+        delay = self._backoff[0]
+        while not self._stop.is_set():
+            try:
+                consumer = KafkaConsumer(**consumer_options(self.cfg))
+            except PERMANENT as exc:
+                self.fail(f"kafka settings refused: {exc}")
+                return None
+            except KafkaError as exc:
+                log.warning("broker unreachable; retrying", error=str(exc), retry_in=delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            if self._owns is None:
+                consumer.subscribe([self.cfg.topic], listener=Listener(self, consumer))
+            elif not self._assign(consumer):
+                break
+            self._consumer = consumer
+            return consumer
+        return None
+
+    def _assign(self, consumer: KafkaConsumer) -> bool:
+        """Take this rank's share of the topic's partitions, positioned; False when stopped."""
+        while (partitions := consumer.partitions_for_topic(self.cfg.topic)) is None:
+            log.info("waiting for the topic to exist", topic=self.cfg.topic)
+            if self._stop.wait(self._backoff[0]):
+                consumer.close(autocommit=False)
+                return False
+        mine = [TopicPartition(self.cfg.topic, p) for p in self._owns(sorted(partitions))]
+        consumer.assign(mine)
+        committed = {tp: consumer.committed(tp, metadata=True) for tp in mine}  # may block
+        self.positioned(consumer, committed)
+        if not mine:
+            log.warning("no partition for this rank: it takes zero-weight steps only",
+                        partitions=len(partitions))  # fmt: skip
+        return True
+
+    def positioned(self, consumer: KafkaConsumer, committed: dict) -> None:
+        """Seek each newly assigned partition to where the ledger resumes it."""
+        for tp, commit in committed.items():
+            position(consumer, tp, self._resume, commit, self.cfg.auto_offset_reset)
+        self.assigned |= {(tp.topic, tp.partition) for tp in committed}
+        self.rebalances += 1
+        log.info("partitions assigned", partitions=sorted(self.assigned))
+
+    def _apply_backpressure(self, consumer: KafkaConsumer) -> None:
+        """Pause every assigned partition while the queue is full; resume at half.
+
+        Re-applied on every loop, so partitions assigned by a rebalance are paused too.
+        """
+        buffered = self._raw.qsize() + self._ready.qsize()
+        if buffered >= self.cfg.queue_records:
+            self._paused = True
+        elif buffered <= self.cfg.queue_records // 2:
+            self._paused = False
+        assignment = consumer.assignment()
+        if self._paused and assignment:
+            consumer.pause(*assignment)
+        elif consumer.paused():
+            consumer.resume(*consumer.paused())
+
+    # -- decode thread -------------------------------------------------------------------
+    def _decode_loop(self) -> None:
+        while (entry := self._raw.get()) is not None:
+            raw, epoch = entry
+            self._ready.put((to_item(raw, self._decode), epoch))
+
+    # -- rebalances (kafka-python's IO thread) --------------------------------------------
+    def drop(self, partitions: set[Partition]) -> None:
+        for p in partitions:
+            self._epochs[p] = self._epochs.get(p, 0) + 1
+        self.assigned -= partitions
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+
+def consumer_options(cfg: KafkaConfig) -> dict:
+    options = client_options(cfg) | {
+        "group_id": cfg.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": cfg.auto_offset_reset,
+        "max_poll_interval_ms": cfg.max_poll_interval_ms,
+        "session_timeout_ms": cfg.session_timeout_ms,
+        "heartbeat_interval_ms": cfg.heartbeat_interval_ms,
+        "isolation_level": cfg.isolation_level,
+    }
+    if cfg.group_instance_id is not None:
+        options["group_instance_id"] = cfg.group_instance_id
+    return options
