@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def test_the_learner_deployment_has_the_promised_shape(overlay):
     assert (gpu == 1) if overlay == "gpu" else gpu is None
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "metrics"
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 9100}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8439}
     restart = find(docs, "ConfigMap", "streamer-restart")
     grace = float(restart["data"]["STREAMER_DAEMON__GRACE_SECONDS"])
     assert pod["terminationGracePeriodSeconds"] >= grace + 15  # room to checkpoint
@@ -97,7 +98,7 @@ def test_the_multi_gpu_statefulset_agrees_with_its_torchrun_and_monitoring():
     assert headless["spec"]["clusterIP"] == "None"
     assert pod["affinity"]["podAntiAffinity"]  # one pod per node
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert [ports[f"metrics-{r}"] for r in range(gpus)] == [9100 + r for r in range(gpus)]
+    assert [ports[f"metrics-{r}"] for r in range(gpus)] == [8439 + r for r in range(gpus)]
     monitor = find(docs, "PodMonitor", "streamer")["spec"]["podMetricsEndpoints"]
     assert [e["port"] for e in monitor] == [f"metrics-{r}" for r in range(gpus)]
     grace = float(find(docs, "ConfigMap", "streamer-restart")["data"][
@@ -141,6 +142,29 @@ def test_the_shipped_settings_are_a_valid_config(overlay, monkeypatch):
     assert settings.kafka.topic == "image-text-pairs"
     assert settings.model.arch == ("streamer-demo" if overlay == "cpu-dev" else "ViT-B-32")
     assert settings.distributed.backend == ("nccl" if overlay == "multi-gpu" else "auto")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev"])
+def test_the_metrics_port_is_one_number_from_the_env_to_the_service(overlay):
+    docs = render(overlay)
+    container = find(docs, "Deployment", "streamer")["spec"]["template"]["spec"]["containers"][0]
+    env = find(docs, "ConfigMap", "streamer-restart")["data"]
+    port = int(env["STREAMER_METRICS__PORT"])
+    assert port == 8439  # 9100 is node_exporter's
+    assert [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"] == [port]
+    service = find(docs, "Service", "streamer-metrics")["spec"]["ports"]
+    assert [(p["port"], p["targetPort"]) for p in service] == [(port, "metrics")]
+
+
+def test_the_image_exposes_and_health_checks_the_daemons_default_port():
+    from streamer.config import MetricsConfig
+
+    # The image runs without restart.env, so its HEALTHCHECK relies on the daemon's default.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    exposed = re.findall(r"^EXPOSE (\d+)$", dockerfile, re.M)
+    checked = re.findall(r"http://127\.0\.0\.1:(\d+)/healthz", dockerfile)
+    assert exposed == checked == [str(MetricsConfig().port)] == ["8439"]
 
 
 def test_dockerfile_passes_hadolint():
