@@ -20,8 +20,8 @@ CRDS = {"PodMonitor", "PrometheusRule"}  # operator CRDs: no schema offline, che
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl missing")
 
 
-def render(overlay: str) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)],
+def render(overlay: str, k8s: Path = K8S) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(k8s / "overlays" / overlay)],
                          check=True, capture_output=True, text=True).stdout  # fmt: skip
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
@@ -120,6 +120,20 @@ def test_monitoring_objects_carry_the_files_the_monitoring_tests_check():
     )
     monitor = find(docs, "PodMonitor", "streamer")
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+@needs_kubectl
+def test_one_line_of_monitoring_env_moves_every_runbook_url(tmp_path):
+    shutil.copytree(K8S, tmp_path / "k8s")
+    base = "https://wiki.example.org/streamer/runbooks"
+    (tmp_path / "k8s" / "base" / "monitoring.env").write_text(f"RUNBOOK_BASE_URL={base}\n")
+    docs = render("gpu", tmp_path / "k8s")
+    rules = find(docs, "PrometheusRule", "streamer")["spec"]["groups"]
+    alerts = [r for g in rules for r in g["rules"] if "alert" in r]
+    assert alerts and all(
+        r["annotations"]["runbook_url"] == f"{base}#{r['alert'].lower()}" for r in alerts
+    )
+    assert not [d for d in docs if d["metadata"]["name"] == "streamer-monitoring-settings"]
 
 
 def test_generated_wrappers_are_up_to_date():

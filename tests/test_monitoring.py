@@ -7,12 +7,14 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
 import yaml
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
+DOCS = DEPLOY.parent / "docs"
 RULES_DIR = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "streamer.json"
 sys.path.insert(0, str(DEPLOY / "grafana"))
@@ -68,8 +70,14 @@ def test_rules_are_valid_and_their_unit_tests_pass():
         assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_every_alert_is_labelled_annotated_and_has_a_runbook_in_the_readme():
-    readme = (RULES_DIR.parent.parent / "README.md").read_text().lower()
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_is_labelled_annotated_and_has_an_absolute_runbook_url_into_the_runbooks():
+    runbooks = (DOCS / "runbooks.md").read_text()
+    anchors = {github_anchor(h) for h in re.findall(r"^## (.+)$", runbooks, re.M)}
     groups = yaml.safe_load((RULES_DIR / "rules.yml").read_text())["groups"]
     alerts = [r for g in groups for r in g["rules"] if "alert" in r]
     assert len(alerts) >= 7
@@ -77,5 +85,16 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook_in_the_readme():
         assert re.fullmatch(r"Streamer[A-Z][A-Za-z]+", alert["alert"])
         assert alert["labels"]["severity"] in {"critical", "warning"}
         assert {"summary", "description", "runbook_url"} <= alert["annotations"].keys()
-        anchor = alert["annotations"]["runbook_url"].split("#")[1]
-        assert anchor == alert["alert"].lower() and f"#### {anchor}" in readme
+        url = urllib.parse.urlsplit(alert["annotations"]["runbook_url"])
+        assert url.scheme in {"http", "https"} and url.netloc, url  # Alertmanager needs absolute
+        assert url.path.endswith("/docs/runbooks.md") and url.fragment in anchors, url
+        assert url.fragment == github_anchor(alert["alert"])
+    assert anchors == {github_anchor(a["alert"]) for a in alerts}  # no runbook without an alert
+
+
+def test_every_runbook_url_starts_with_the_one_base_kubernetes_deploys_configure():
+    settings = (DEPLOY / "k8s" / "base" / "monitoring.env").read_text()
+    base = dict(line.split("=", 1) for line in settings.split())["RUNBOOK_BASE_URL"]
+    groups = yaml.safe_load((RULES_DIR / "rules.yml").read_text())["groups"]
+    urls = [r["annotations"]["runbook_url"] for g in groups for r in g["rules"] if "alert" in r]
+    assert {url.split("#")[0] for url in urls} == {base}
