@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -16,7 +20,10 @@ from streamer.config import load_settings
 
 ROOT = Path(__file__).parent.parent
 K8S = ROOT / "deploy" / "k8s"
-CRDS = {"PodMonitor", "PrometheusRule"}  # operator CRDs: no schema offline, checked below
+OVERLAYS = ["gpu", "cpu-dev", "multi-gpu"]
+STACK = K8S / "components" / "kube-prometheus-stack"
+SCHEMAS = ROOT / "tests" / "schemas"  # prometheus-operator's CRDs, vendored (see their header)
+CRDS = {"PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules"}
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl missing")
 
 
@@ -26,21 +33,97 @@ def render(overlay: str, k8s: Path = K8S) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+def render_with_stack(overlay: str, tmp_path: Path, k8s: Path = K8S) -> list[dict]:
+    """The overlay with the kube-prometheus-stack component, as a user's overlay adds it."""
+    (tmp_path / "overlays" / "with-stack").mkdir(parents=True)
+    here = tmp_path / "overlays" / "with-stack"
+    (here / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(k8s / "overlays" / overlay, here)],
+        "components": [os.path.relpath(k8s / "components" / "kube-prometheus-stack", here)],
+    }))  # fmt: skip
+    return render("with-stack", tmp_path)
+
+
 def find(docs: list[dict], kind: str, name: str) -> dict:
     return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name))
 
 
-@needs_kubectl
-@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev", "multi-gpu"])
-def test_overlays_render_and_validate_strictly_against_kubernetes_schemas(overlay):
-    import kubernetes_validate
+def _closed(schema: object) -> object:
+    """The schema with unknown fields refused, as the API server's strict field validation
+    (kubectl's default) does; objects that preserve unknown fields stay open."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {k: _closed(v) for k, v in schema.items()}
+    open_ = "additionalProperties" in schema or schema.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in schema and not open_:
+        closed["additionalProperties"] = False
+    return closed
 
-    docs = render(overlay)
-    for doc in docs:
-        if doc["kind"] in CRDS:
-            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
-            continue
+
+@functools.cache
+def crd_validator(kind: str) -> jsonschema.Draft4Validator:
+    """openAPIV3Schema of the CRD's v1 (its CEL x-kubernetes-validations are not run)."""
+    crd = yaml.safe_load((SCHEMAS / f"monitoring.coreos.com_{CRDS[kind]}.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return jsonschema.Draft4Validator(_closed(version["schema"]["openAPIV3Schema"]))
+
+
+def validate(doc: dict) -> None:
+    if doc["kind"] in CRDS:
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+        crd_validator(doc["kind"]).validate(doc)
+    else:
         kubernetes_validate.validate(doc, "1.30.0", strict=True)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("stack", [False, True], ids=["plain", "kube-prometheus-stack"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_render_and_validate_strictly_against_kubernetes_and_operator_schemas(
+    overlay, stack, tmp_path
+):
+    docs = render_with_stack(overlay, tmp_path) if stack else render(overlay)
+    assert {"PodMonitor", "PrometheusRule"} <= {d["kind"] for d in docs}
+    for doc in docs:
+        validate(doc)
+
+
+def test_the_operator_schemas_refuse_a_misspelt_field():
+    monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+               "metadata": {"name": "m"},
+               "spec": {"selector": {}, "podMetricEndpoints": [{"port": "metrics"}]}}  # fmt: skip
+    with pytest.raises(jsonschema.ValidationError, match="podMetricEndpoints"):
+        validate(monitor)
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "r"},
+            "spec": {"groups": [{"name": "g", "rules": [{"alert": "A"}]}]}}  # fmt: skip
+    with pytest.raises(jsonschema.ValidationError):
+        validate(rule)  # a rule needs an expr
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_stack_component_labels_only_what_kube_prometheus_stack_selects(overlay, tmp_path):
+    shutil.copytree(K8S, tmp_path / "k8s")
+    (tmp_path / "k8s" / "components" / "kube-prometheus-stack" / "release.env").write_text(
+        "RELEASE=monitoring\n"
+    )
+    plain = render(overlay)
+    docs = render_with_stack(overlay, tmp_path, tmp_path / "k8s")
+    for kind in CRDS:
+        assert find(docs, kind, "streamer")["metadata"]["labels"]["release"] == "monitoring"
+        assert "release" not in find(plain, kind, "streamer")["metadata"]["labels"]
+        find(docs, kind, "streamer")["metadata"]["labels"].pop("release")
+    assert docs == plain  # nothing else changes, and the release setting is not applied
+
+
+def test_the_stack_component_defaults_to_the_charts_usual_release_name():
+    env = (STACK / "release.env").read_text()
+    values = dict(line.split("=", 1) for line in env.splitlines() if line and line[0] != "#")
+    assert values == {"RELEASE": "kube-prometheus-stack"}
 
 
 @needs_kubectl
@@ -144,7 +227,7 @@ def test_generated_wrappers_are_up_to_date():
     assert (K8S / "base" / "grafana-dashboard.yaml").read_text() == generate.dashboard_configmap()
 
 
-@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev", "multi-gpu"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_shipped_settings_are_a_valid_config(overlay, monkeypatch):
     env = dict(line.split("=", 1) for line in (K8S / "base" / "restart.env").read_text().split())
     kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
