@@ -21,6 +21,10 @@ sys.path.insert(0, str(DEPLOY / "grafana"))
 import dashboard as dashboard_code  # noqa: E402  (deploy/grafana/dashboard.py)
 
 UNPLOTTED = dashboard_code.UNPLOTTED
+METRIC = r"\b(?:streamer|process|python)_[a-z0-9_]+"
+# What Grafana would put in for the dashboard's variables, in a 30 s-scrape setup.
+GRAFANA_VALUES = {"job": "streamer", "instance": "10.0.0.7:8439|10.0.0.8:8439",
+                  "__rate_interval": "2m", "datasource": "prometheus"}  # fmt: skip
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool: apt-get install prometheus"
 )
@@ -39,7 +43,8 @@ def dashboard_exprs() -> list[str]:
 
 
 def dashboard_metric_names() -> set[str]:
-    return {m for e in dashboard_exprs() for m in re.findall(r"\bstreamer_[a-z0-9_]+", e)}
+    """Every series the dashboard reads: the daemon's own and its process and GC collectors'."""
+    return {m for e in dashboard_exprs() for m in re.findall(METRIC, e)}
 
 
 def test_committed_dashboard_is_what_its_code_builds():
@@ -54,13 +59,50 @@ def test_dashboard_panels_have_units_current_types_and_variables():
     assert {v["name"] for v in board["templating"]["list"]} == {"datasource", "job", "instance"}
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
     assert rows == ["Throughput & lag", "Learning", "Forgetting", "Alignment & misalignment",
-                    "Replay & checkpoints"]  # fmt: skip
+                    "Replay & checkpoints", "Process"]  # fmt: skip
 
 
 def test_counters_are_only_read_through_rate_over_the_rate_interval():
     for expr in dashboard_exprs():
-        for counter in re.findall(r"\bstreamer_[a-z0-9_]+_(?:total|bucket)\b", expr):
+        for counter in re.findall(METRIC + r"_(?:total|bucket)\b", expr):
             assert re.search(rf"rate\({counter}\{{[^}}]*\}}\[\$__rate_interval\]\)", expr), expr
+
+
+def test_the_dashboard_shows_process_memory_and_file_descriptors_and_lag_by_topic():
+    board = json.loads(DASHBOARD.read_text())
+    targets = {t["expr"].split("{")[0]: t for p in board["panels"] for t in p.get("targets", [])}
+    assert {"process_resident_memory_bytes", "process_open_fds", "process_max_fds"} <= set(targets)
+    assert (
+        targets["streamer_kafka_partition_lag_records"]["legendFormat"] == "{{topic}}/{{partition}}"
+    )
+
+
+@needs_promtool
+def test_every_dashboard_query_parses_with_promtool_once_grafana_variables_are_filled(tmp_path):
+    board = json.loads(DASHBOARD.read_text())
+    exprs = dashboard_exprs() + [
+        re.fullmatch(r"label_values\((.+), \w+\)", v["query"]["query"]).group(1)
+        for v in board["templating"]["list"] if v["type"] == "query"
+    ]  # fmt: skip
+    filled = [dashboard_code.promql(e, GRAFANA_VALUES) for e in exprs]
+    assert not [e for e in filled if "$" in e]
+    rules = [{"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(filled)]
+    (tmp_path / "queries.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "q", "rules": rules}]})
+    )
+    run = subprocess.run(["promtool", "check", "rules", "queries.yml"], cwd=tmp_path,
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0 and f"{len(rules)} rules found" in run.stdout, (
+        run.stdout + run.stderr
+    )
+
+
+def test_filling_a_variable_nobody_defines_fails_loudly():
+    assert dashboard_code.promql('up{job="$job"}[${__rate_interval}]', GRAFANA_VALUES) == (
+        'up{job="streamer"}[2m]'
+    )
+    with pytest.raises(KeyError, match="cluster"):
+        dashboard_code.promql('up{cluster="$cluster"}', GRAFANA_VALUES)
 
 
 @needs_promtool
