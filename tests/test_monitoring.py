@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -18,6 +19,7 @@ DOCS = DEPLOY.parent / "docs"
 RULES_DIR = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "streamer.json"
 sys.path.insert(0, str(DEPLOY / "grafana"))
+import console_page  # noqa: E402  (deploy/grafana/console_page.py)
 import dashboard as dashboard_code  # noqa: E402  (deploy/grafana/dashboard.py)
 
 UNPLOTTED = dashboard_code.UNPLOTTED
@@ -49,6 +51,22 @@ def dashboard_metric_names() -> set[str]:
 
 def test_committed_dashboard_is_what_its_code_builds():
     assert DASHBOARD.read_text() == dashboard_code.render(), "run deploy/grafana/dashboard.py"
+
+
+def test_committed_console_page_is_what_the_dashboards_panels_build():
+    assert dashboard_code.CONSOLE.read_text() == console_page.render_console(), (
+        "run deploy/grafana/dashboard.py"
+    )
+
+
+def test_the_console_page_has_every_panel_and_maps_every_unit_the_dashboard_uses():
+    page = dashboard_code.CONSOLE.read_text()
+    for _, panel in dashboard_code.panels():
+        assert f">{html.escape(panel['title'])}</" in page, panel["title"]
+        units = console_page.STAT_UNITS if panel["type"] == "stat" else console_page.GRAPH_UNITS
+        assert panel["fieldConfig"]["defaults"]["unit"] in units
+    leaked = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", page)) - {"else", "end"}
+    assert not leaked  # Grafana {{label}} legends, which Prometheus would run as functions
 
 
 def test_dashboard_panels_have_units_current_types_and_variables():

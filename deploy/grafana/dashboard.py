@@ -1,7 +1,8 @@
-"""Builds deploy/grafana/streamer.json, the provisioned Grafana dashboard.
+"""Builds deploy/grafana/streamer.json, the provisioned Grafana dashboard, and from the same
+panels the Prometheus console page deploy/prometheus/consoles/streamer.html (console_page.py).
 
-Kept as code so panels stay uniform (units, rate intervals, variables); the JSON is
-committed, and a test checks it matches this script's output.
+Kept as code so panels stay uniform (units, rate intervals, variables); both files are
+committed, and tests check they match this script's output.
 
     .venv/bin/python deploy/grafana/dashboard.py
 """
@@ -329,5 +330,11 @@ def render() -> str:
     return json.dumps(dashboard(), indent=2) + "\n"
 
 
+CONSOLE = Path(__file__).parent.parent / "prometheus" / "consoles" / "streamer.html"
+
 if __name__ == "__main__":
+    from console_page import render_console
+
     (Path(__file__).parent / "streamer.json").write_text(render())
+    CONSOLE.parent.mkdir(exist_ok=True)
+    CONSOLE.write_text(render_console())
