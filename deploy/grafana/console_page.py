@@ -15,10 +15,11 @@ import re
 
 import dashboard
 
-# Console page parameters standing in for Grafana's variables (?job=...&instance=...&rate=...).
+# Page parameters (?job=...&instance=...&rate=...) with their defaults, and the Grafana
+# variable each stands in for; a query gets them as printf arguments %[1]s, %[2]s, ...
 PARAMS = {"job": "streamer", "instance": ".+", "rate": "5m"}
-# A Grafana variable -> the printf argument that carries its parameter.
-ARGUMENTS = {"job": "%[1]s", "instance": "%[2]s", "__rate_interval": "%[3]s"}
+GRAFANA = {"job": "job", "instance": "instance", "__rate_interval": "rate"}
+ARGUMENTS = {var: f"%[{list(PARAMS).index(param) + 1}]s" for var, param in GRAFANA.items()}
 # Grafana unit -> (y-axis suffix, PromConsole number formatter; "percent" is the page's own).
 GRAPH_UNITS = {
     "reqps": ("/s", "humanizeNoSmallPrefix"), "ops": ("/s", "humanizeNoSmallPrefix"),
@@ -34,8 +35,6 @@ HEAD = """\
 Serve: prometheus --web.console.templates=deploy/prometheus/consoles
          --web.console.libraries=<Prometheus 2.x console_libraries>  (see docs/monitoring.md)
 Open:  /consoles/streamer.html?job=streamer&instance=.%2B&rate=5m (the defaults) */}}
-{{ $job := or .Params.job "JOB" }}{{ $instance := or .Params.instance "INSTANCE" }}\
-{{ $rate := or .Params.rate "RATE" }}
 {{ template "head" . }}
 <script>
 var percent = function(y) { return y === null ? "null" : (100 * y).toPrecision(3) + "%"; };
@@ -57,11 +56,11 @@ def query(expr: str) -> str:
     if "`" in expr:
         raise ValueError(f"a backtick would end the template's raw string: {expr}")
     filled = dashboard.promql(expr.replace("%", "%%"), ARGUMENTS)
-    return f"printf `{filled}` $job $instance $rate"
+    return f"printf `{filled}` " + " ".join(f"${name}" for name in PARAMS)
 
 
 def graph_name(legend: str) -> str:
-    """Grafana's {{label}} legend in PromConsole's [[label]] form (or '' for its default)."""
+    """Grafana's {{label}} legend in PromConsole's [[label]] form."""
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", r"[[\1]]", legend)
 
 
@@ -86,8 +85,8 @@ def graph(panel: dict, node_id: str) -> str:
 
 
 def render_console() -> str:
-    head = HEAD.replace("JOB", PARAMS["job"]).replace("INSTANCE", PARAMS["instance"])
-    parts = [head.replace("RATE", PARAMS["rate"]), '{{ template "prom_right_table_head" }}\n',
+    defaults = "".join(f'{{{{ ${n} := or .Params.{n} "{v}" }}}}' for n, v in PARAMS.items())
+    parts = [HEAD, defaults, '\n{{ template "prom_right_table_head" }}\n',
              '<tr><th colspan="2">streamer {{ $job }}</th></tr>\n']  # fmt: skip
     for _, panel in dashboard.panels():
         if panel["type"] == "stat":
