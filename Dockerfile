@@ -29,7 +29,7 @@ RUN wheel="$(ls /wheels/*.whl)" \
     && mkdir -p /var/lib/streamer /var/cache/streamer \
     && chown streamer:streamer /var/lib/streamer /var/cache/streamer
 USER 10001
-EXPOSE 9100
+EXPOSE 8439
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8439/healthz', timeout=4)"]
 ENTRYPOINT ["streamer", "run"]

@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Fashion-MNIST for the demo and tests (falls back to scikit-learn digits when absent);
-# prometheus for promtool and the end-to-end monitoring tests.
-DEB_PACKAGES := dataset-fashion-mnist prometheus
+# prometheus for promtool and the end-to-end monitoring tests; chromium for the console page test.
+DEB_PACKAGES := dataset-fashion-mnist prometheus chromium
 
 .PHONY: setup lock test test-fast lint format demo bench clean
 

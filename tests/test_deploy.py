@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -15,31 +20,110 @@ from streamer.config import load_settings
 
 ROOT = Path(__file__).parent.parent
 K8S = ROOT / "deploy" / "k8s"
-CRDS = {"PodMonitor", "PrometheusRule"}  # operator CRDs: no schema offline, checked below
+OVERLAYS = ["gpu", "cpu-dev", "multi-gpu"]
+STACK = K8S / "components" / "kube-prometheus-stack"
+SCHEMAS = ROOT / "tests" / "schemas"  # prometheus-operator's CRDs, vendored (see their header)
+CRDS = {"PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules"}
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl missing")
 
 
-def render(overlay: str) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)],
+def render(overlay: str, k8s: Path = K8S) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(k8s / "overlays" / overlay)],
                          check=True, capture_output=True, text=True).stdout  # fmt: skip
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def render_with_stack(overlay: str, tmp_path: Path, k8s: Path = K8S) -> list[dict]:
+    """The overlay with the kube-prometheus-stack component, as a user's overlay adds it."""
+    (tmp_path / "overlays" / "with-stack").mkdir(parents=True)
+    here = tmp_path / "overlays" / "with-stack"
+    (here / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(k8s / "overlays" / overlay, here)],
+        "components": [os.path.relpath(k8s / "components" / "kube-prometheus-stack", here)],
+    }))  # fmt: skip
+    return render("with-stack", tmp_path)
 
 
 def find(docs: list[dict], kind: str, name: str) -> dict:
     return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name))
 
 
-@needs_kubectl
-@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev", "multi-gpu"])
-def test_overlays_render_and_validate_strictly_against_kubernetes_schemas(overlay):
-    import kubernetes_validate
+def _closed(schema: object) -> object:
+    """The schema with unknown fields refused, as the API server's strict field validation
+    (kubectl's default) does; objects that preserve unknown fields stay open."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {k: _closed(v) for k, v in schema.items()}
+    open_ = "additionalProperties" in schema or schema.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in schema and not open_:
+        closed["additionalProperties"] = False
+    return closed
 
-    docs = render(overlay)
-    for doc in docs:
-        if doc["kind"] in CRDS:
-            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
-            continue
+
+@functools.cache
+def crd_validator(kind: str) -> jsonschema.Draft4Validator:
+    """openAPIV3Schema of the CRD's v1 (its CEL x-kubernetes-validations are not run)."""
+    crd = yaml.safe_load((SCHEMAS / f"monitoring.coreos.com_{CRDS[kind]}.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return jsonschema.Draft4Validator(_closed(version["schema"]["openAPIV3Schema"]))
+
+
+def validate(doc: dict) -> None:
+    if doc["kind"] in CRDS:
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+        crd_validator(doc["kind"]).validate(doc)
+    else:
         kubernetes_validate.validate(doc, "1.30.0", strict=True)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("stack", [False, True], ids=["plain", "kube-prometheus-stack"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_render_and_validate_strictly_against_kubernetes_and_operator_schemas(
+    overlay, stack, tmp_path
+):
+    docs = render_with_stack(overlay, tmp_path) if stack else render(overlay)
+    assert {"PodMonitor", "PrometheusRule"} <= {d["kind"] for d in docs}
+    for doc in docs:
+        validate(doc)
+
+
+def test_the_operator_schemas_refuse_a_misspelt_field():
+    monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+               "metadata": {"name": "m"},
+               "spec": {"selector": {}, "podMetricEndpoints": [{"port": "metrics"}]}}  # fmt: skip
+    with pytest.raises(jsonschema.ValidationError, match="podMetricEndpoints"):
+        validate(monitor)
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "r"},
+            "spec": {"groups": [{"name": "g", "rules": [{"alert": "A"}]}]}}  # fmt: skip
+    with pytest.raises(jsonschema.ValidationError):
+        validate(rule)  # a rule needs an expr
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_stack_component_labels_only_what_kube_prometheus_stack_selects(overlay, tmp_path):
+    shutil.copytree(K8S, tmp_path / "k8s")
+    (tmp_path / "k8s" / "components" / "kube-prometheus-stack" / "release.env").write_text(
+        "RELEASE=monitoring\n"
+    )
+    plain = render(overlay)
+    docs = render_with_stack(overlay, tmp_path, tmp_path / "k8s")
+    for kind in CRDS:
+        assert find(docs, kind, "streamer")["metadata"]["labels"]["release"] == "monitoring"
+        assert "release" not in find(plain, kind, "streamer")["metadata"]["labels"]
+        find(docs, kind, "streamer")["metadata"]["labels"].pop("release")
+    assert docs == plain  # nothing else changes, and the release setting is not applied
+
+
+def test_the_stack_component_defaults_to_the_charts_usual_release_name():
+    env = (STACK / "release.env").read_text()
+    values = dict(line.split("=", 1) for line in env.splitlines() if line and line[0] != "#")
+    assert values == {"RELEASE": "kube-prometheus-stack"}
 
 
 @needs_kubectl
@@ -56,7 +140,7 @@ def test_the_learner_deployment_has_the_promised_shape(overlay):
     assert (gpu == 1) if overlay == "gpu" else gpu is None
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "metrics"
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 9100}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8439}
     restart = find(docs, "ConfigMap", "streamer-restart")
     grace = float(restart["data"]["STREAMER_DAEMON__GRACE_SECONDS"])
     assert pod["terminationGracePeriodSeconds"] >= grace + 15  # room to checkpoint
@@ -97,7 +181,7 @@ def test_the_multi_gpu_statefulset_agrees_with_its_torchrun_and_monitoring():
     assert headless["spec"]["clusterIP"] == "None"
     assert pod["affinity"]["podAntiAffinity"]  # one pod per node
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert [ports[f"metrics-{r}"] for r in range(gpus)] == [9100 + r for r in range(gpus)]
+    assert [ports[f"metrics-{r}"] for r in range(gpus)] == [8439 + r for r in range(gpus)]
     monitor = find(docs, "PodMonitor", "streamer")["spec"]["podMetricsEndpoints"]
     assert [e["port"] for e in monitor] == [f"metrics-{r}" for r in range(gpus)]
     grace = float(find(docs, "ConfigMap", "streamer-restart")["data"][
@@ -121,6 +205,20 @@ def test_monitoring_objects_carry_the_files_the_monitoring_tests_check():
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
 
 
+@needs_kubectl
+def test_one_line_of_monitoring_env_moves_every_runbook_url(tmp_path):
+    shutil.copytree(K8S, tmp_path / "k8s")
+    base = "https://wiki.example.org/streamer/runbooks"
+    (tmp_path / "k8s" / "base" / "monitoring.env").write_text(f"RUNBOOK_BASE_URL={base}\n")
+    docs = render("gpu", tmp_path / "k8s")
+    rules = find(docs, "PrometheusRule", "streamer")["spec"]["groups"]
+    alerts = [r for g in rules for r in g["rules"] if "alert" in r]
+    assert alerts and all(
+        r["annotations"]["runbook_url"] == f"{base}#{r['alert'].lower()}" for r in alerts
+    )
+    assert not [d for d in docs if d["metadata"]["name"] == "streamer-monitoring-settings"]
+
+
 def test_generated_wrappers_are_up_to_date():
     sys.path.insert(0, str(K8S))
     import generate
@@ -129,7 +227,7 @@ def test_generated_wrappers_are_up_to_date():
     assert (K8S / "base" / "grafana-dashboard.yaml").read_text() == generate.dashboard_configmap()
 
 
-@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev", "multi-gpu"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_shipped_settings_are_a_valid_config(overlay, monkeypatch):
     env = dict(line.split("=", 1) for line in (K8S / "base" / "restart.env").read_text().split())
     kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
@@ -141,6 +239,29 @@ def test_the_shipped_settings_are_a_valid_config(overlay, monkeypatch):
     assert settings.kafka.topic == "image-text-pairs"
     assert settings.model.arch == ("streamer-demo" if overlay == "cpu-dev" else "ViT-B-32")
     assert settings.distributed.backend == ("nccl" if overlay == "multi-gpu" else "auto")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["gpu", "cpu-dev"])
+def test_the_metrics_port_is_one_number_from_the_env_to_the_service(overlay):
+    docs = render(overlay)
+    container = find(docs, "Deployment", "streamer")["spec"]["template"]["spec"]["containers"][0]
+    env = find(docs, "ConfigMap", "streamer-restart")["data"]
+    port = int(env["STREAMER_METRICS__PORT"])
+    assert port == 8439  # 9100 is node_exporter's
+    assert [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"] == [port]
+    service = find(docs, "Service", "streamer-metrics")["spec"]["ports"]
+    assert [(p["port"], p["targetPort"]) for p in service] == [(port, "metrics")]
+
+
+def test_the_image_exposes_and_health_checks_the_daemons_default_port():
+    from streamer.config import MetricsConfig
+
+    # The image runs without restart.env, so its HEALTHCHECK relies on the daemon's default.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    exposed = re.findall(r"^EXPOSE (\d+)$", dockerfile, re.M)
+    checked = re.findall(r"http://127\.0\.0\.1:(\d+)/healthz", dockerfile)
+    assert exposed == checked == [str(MetricsConfig().port)] == ["8439"]
 
 
 def test_dockerfile_passes_hadolint():

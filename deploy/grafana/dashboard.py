@@ -1,7 +1,8 @@
-"""Builds deploy/grafana/streamer.json, the provisioned Grafana dashboard.
+"""Builds deploy/grafana/streamer.json, the provisioned Grafana dashboard, and from the same
+panels the Prometheus console page deploy/prometheus/consoles/streamer.html (console_page.py).
 
-Kept as code so panels stay uniform (units, rate intervals, variables); the JSON is
-committed, and a test checks it matches this script's output.
+Kept as code so panels stay uniform (units, rate intervals, variables); both files are
+committed, and tests check they match this script's output.
 
     .venv/bin/python deploy/grafana/dashboard.py
 """
@@ -9,6 +10,8 @@ committed, and a test checks it matches this script's output.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 SEL = 'job="$job", instance=~"$instance"'
@@ -20,7 +23,15 @@ UNPLOTTED = {
     "streamer_kafka_last_poll_timestamp_seconds": "read by /healthz; the stall alert covers it",
     "streamer_replay_capacity": "a constant of the config",
     "streamer_config_last_reload_success_timestamp_seconds": "the config hash panel shows changes",
+    "process_virtual_memory_bytes": "resident memory is what leaks and what the limit kills",
+    "process_start_time_seconds": "a restart shows as a gap and as up == 0",
+    "python_info": "a constant of the image",
+    "python_gc_objects_collected_total": "collections per generation show the GC's work",
+    "python_gc_objects_uncollectable_total": "zero unless a C extension leaks cycles",
 }
+# Panels whose query may rightly return no series on a healthy daemon (with the reason); the
+# end-to-end test requires data from every other panel.
+MAY_BE_EMPTY: dict[str, str] = {}
 
 
 def _panel(kind: str, title: str, exprs: list[tuple[str, str]], unit: str, w: int, **extra):
@@ -71,7 +82,7 @@ ROWS = {
         ),
         ts(
             "Lag per partition",
-            [(f"streamer_kafka_partition_lag_records{{{SEL}}}", "{{partition}}")],
+            [(f"streamer_kafka_partition_lag_records{{{SEL}}}", "{{topic}}/{{partition}}")],
             "short",
         ),
         ts(
@@ -236,7 +247,49 @@ ROWS = {
             options=NAME_ONLY,
         ),
     ],
+    "Process": [
+        ts(
+            "CPU cores used",
+            [(rate("process_cpu_seconds_total", "instance"), "{{instance}}")],
+            "short",
+            w=6,
+        ),
+        ts(
+            "Resident memory",
+            [(f"process_resident_memory_bytes{{{SEL}}}", "{{instance}}")],
+            "bytes",
+            w=6,
+        ),
+        ts(
+            "Open file descriptors",
+            [
+                (f"process_open_fds{{{SEL}}}", "open {{instance}}"),
+                (f"process_max_fds{{{SEL}}}", "limit {{instance}}"),
+            ],
+            "short",
+            w=6,
+        ),
+        ts(
+            "Python GC collections",
+            [(rate("python_gc_collections_total", "generation"), "generation {{generation}}")],
+            "ops",
+            w=6,
+        ),
+    ],
 }
+
+
+def panels() -> Iterator[tuple[str, dict]]:
+    """(row title, panel) in dashboard order."""
+    for row, row_panels in ROWS.items():
+        for panel in row_panels:
+            yield row, panel
+
+
+def promql(expr: str, values: Mapping[str, str]) -> str:
+    """The expression as Prometheus receives it: Grafana's $var / ${var} filled from values
+    (a KeyError names a variable nobody knows how to fill)."""
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
 
 
 def variables() -> list[dict]:
@@ -277,5 +330,11 @@ def render() -> str:
     return json.dumps(dashboard(), indent=2) + "\n"
 
 
+CONSOLE = Path(__file__).parent.parent / "prometheus" / "consoles" / "streamer.html"
+
 if __name__ == "__main__":
+    from console_page import render_console
+
     (Path(__file__).parent / "streamer.json").write_text(render())
+    CONSOLE.parent.mkdir(exist_ok=True)
+    CONSOLE.write_text(render_console())
