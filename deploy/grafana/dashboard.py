@@ -149,6 +149,14 @@ ROWS = {
             [(f"streamer_gpu_memory_allocated_bytes{{{SEL}}}", "{{instance}}")],
             "bytes",
         ),
+        ts(
+            "Label prompts held (scoring candidates)",
+            [
+                (f"streamer_learner_labels{{{SEL}}}", "held"),
+                (f"streamer_learner_labels_capacity{{{SEL}}}", "bound"),
+            ],
+            "short",
+        ),
     ],
     "Forgetting": [
         ts(
@@ -227,7 +235,12 @@ ROWS = {
             "s",
         ),
         ts(
-            "Checkpoint failures", [(rate("streamer_checkpoint_failures_total"), "failures")], "ops"
+            "Checkpoint failures",
+            [
+                (rate("streamer_checkpoint_failures_total"), "write failures"),
+                (rate("streamer_checkpoint_unreadable_total"), "unreadable at restore"),
+            ],
+            "ops",
         ),
         stat(
             "Config accepted",

@@ -73,7 +73,7 @@ def scraped(broker, tmp_path_factory, digit_stream) -> Iterator[Scraped]:
                            evaluation={"eval_every": 48, "probe_fraction": 0.1})  # fmt: skip
     port = free_port()
     with ThreadedDaemon(config) as daemon:
-        wait_until(lambda: hasattr(daemon, "metrics_port"), 60, "the metrics server")
+        wait_until(lambda: daemon.metrics_port is not None, 60, "the metrics server")
         (tmp / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
