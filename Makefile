@@ -41,8 +41,9 @@ format: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# Unit tests only: no broker, no processes, no learning-quality runs (about a minute).
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not integration and not quality"
 
 demo: $(STAMP)
 	$(BIN)/streamer demo --config configs/demo.yaml --out demo-out

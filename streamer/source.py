@@ -143,6 +143,8 @@ class MemorySource:
             while len(items) < max_items and self._positions[p] < len(log):
                 items.append(to_item(log[self._positions[p]], self._decode))
                 self._positions[p] += 1
+        if not items:
+            time.sleep(min(timeout, 0.01))  # as a consumer would wait, without spinning
         return items
 
     def revoke(self, partitions: set[Partition]) -> Revocation:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from streamer.checkpoint import Checkpointer, complete_checkpoints, load_latest
+from streamer.checkpoint import Checkpointer, CheckpointError, complete_checkpoints, load_latest
 from streamer.config import CheckpointConfig
 
 
@@ -48,7 +49,8 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     _save(ckpt, 1)
     _save(ckpt, 2)
     (tmp_path / "ckpt-00000002" / "state.pt").write_bytes(b"corrupted")
-    assert load_latest(tmp_path).id == "ckpt-00000001"
+    assert load_latest(tmp_path).id == "ckpt-00000001"  # a reader renames nothing
+    assert (tmp_path / "ckpt-00000002").is_dir()
 
 
 def test_due_by_steps_or_by_time(tmp_path):
@@ -60,3 +62,59 @@ def test_due_by_steps_or_by_time(tmp_path):
     assert ckpt.due(10)
     now[0] = 61.0
     assert ckpt.due(1)
+
+
+def _damage(path, kind: str) -> None:
+    if kind == "truncated weights":
+        weights = path / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:20])
+    elif kind == "garbled meta":
+        (path / "meta.json").write_text('{"id": "ckpt-0000')
+    elif kind == "empty state":
+        (path / "state.pt").write_bytes(b"")
+    elif kind == "missing weights":
+        (path / "weights.safetensors").unlink()
+    elif kind == "meta of another checkpoint":
+        (path / "meta.json").write_text('{"id": "ckpt-00000001", "step": 1}')
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["truncated weights", "garbled meta", "empty state", "missing weights",
+     "meta of another checkpoint"],
+)  # fmt: skip
+def test_any_damage_to_the_newest_is_set_aside_and_the_previous_is_read(tmp_path, kind):
+    ckpt = Checkpointer(CheckpointConfig(dir=tmp_path))
+    _save(ckpt, 1)
+    _save(ckpt, 2)
+    _damage(tmp_path / "ckpt-00000002", kind)
+    assert ckpt.latest().id == "ckpt-00000001"
+    assert ckpt.skipped == 1 and (tmp_path / "ckpt-00000002.damaged").is_dir()
+    assert _save(ckpt, 3) == "ckpt-00000003"  # numbers are never reused
+    assert ckpt.latest().id == "ckpt-00000003" and ckpt.skipped == 1
+
+
+def test_pruning_keeps_the_last_k_and_removes_older_damaged_ones(tmp_path):
+    ckpt = Checkpointer(CheckpointConfig(dir=tmp_path, keep=2))
+    _save(ckpt, 1)
+    _save(ckpt, 2)
+    _damage(tmp_path / "ckpt-00000002", "garbled meta")
+    assert ckpt.latest().id == "ckpt-00000001"
+    for step in (3, 4, 5):
+        _save(ckpt, step)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000004", "ckpt-00000005"]
+
+
+def test_no_usable_checkpoint_among_several_refuses_to_start_from_the_base(tmp_path):
+    from streamer.distributed import World
+    from streamer.snapshot import share_out
+
+    ckpt = Checkpointer(CheckpointConfig(dir=tmp_path))
+    _save(ckpt, 1)
+    _damage(tmp_path / "ckpt-00000001", "truncated weights")
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        share_out(World(), ckpt, lambda restored: None)
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):  # and on every restart
+        share_out(World(), Checkpointer(CheckpointConfig(dir=tmp_path)), lambda r: None)
+    assert share_out(World(), Checkpointer(CheckpointConfig(dir=tmp_path / "new")),
+                     lambda r: None) is None  # fmt: skip  # an empty directory: a fresh start

@@ -26,6 +26,7 @@ def _run(digit_stream, replay: int):
 
 
 @pytest.mark.slow
+@pytest.mark.quality
 def test_sit_with_replay_forgets_less_than_without(digit_stream):
     no_replay, final_plain = _run(digit_stream, replay=0)
     with_replay, final_sit = _run(digit_stream, replay=500)

@@ -21,6 +21,7 @@ def base(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.quality
 def test_one_frozen_tower_crosses_the_threshold_and_alarms(base):
     trace = scenarios.run(base, "image", "shifted", seed=0)
     delay = trace.first_above()
@@ -32,6 +33,7 @@ def test_one_frozen_tower_crosses_the_threshold_and_alarms(base):
 
 
 @pytest.mark.slow
+@pytest.mark.quality
 @pytest.mark.parametrize("kind", ["shifted", "stationary"])
 def test_sit_on_both_towers_stays_below_the_threshold(base, kind):
     trace = scenarios.run(base, "both", kind, seed=0)

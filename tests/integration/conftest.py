@@ -21,6 +21,15 @@ from streamer.daemon import Daemon
 from streamer.dev.broker import EmbeddedBroker
 from streamer.records import Sample, id_hash
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration is `integration` (make test-fast skips it)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
 FAST_GROUP = {"max_poll_interval_ms": 5000, "session_timeout_ms": 6000,
               "heartbeat_interval_ms": 500}  # fmt: skip  # small, or a group join takes minutes
 
