@@ -158,3 +158,18 @@ def test_every_runbook_url_starts_with_the_one_base_kubernetes_deploys_configure
     groups = yaml.safe_load((RULES_DIR / "rules.yml").read_text())["groups"]
     urls = [r["annotations"]["runbook_url"] for g in groups for r in g["rules"] if "alert" in r]
     assert {url.split("#")[0] for url in urls} == {base}
+
+
+def test_the_metric_reference_names_every_family_the_daemon_exports():
+    from prometheus_client import CollectorRegistry
+
+    from streamer.metrics import Metrics, PipelineCollector, PipelineView
+    from streamer.source import SourceStats
+
+    registry = CollectorRegistry()
+    Metrics(registry, process=False)
+    registry.register(PipelineCollector(lambda: PipelineView(SourceStats(last_poll=1.0))))
+    suffix = {"counter": "_total", "info": "_info"}
+    names = {f.name + suffix.get(f.type, "") for f in registry.collect()}
+    reference = (DEPLOY.parent / "docs" / "metrics.md").read_text()
+    assert {n for n in names if f"`{n}`" not in reference} == set()
