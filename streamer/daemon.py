@@ -14,17 +14,16 @@ from dataclasses import dataclass
 import structlog
 from prometheus_client import CollectorRegistry
 
-from streamer import health
+from streamer import health, wiring
 from streamer.checkpoint import Checkpointer, CheckpointError
 from streamer.config import Settings, config_hash
 from streamer.distributed import World
-from streamer.health import HealthServer
 from streamer.learner import resolve_device
 from streamer.ledger import Ledger
 from streamer.lifecycle import Stopping
 from streamer.logs import set_level
 from streamer.manifest import ManifestError
-from streamer.metrics import Metrics, PipelineCollector, PipelineView, with_rank
+from streamer.metrics import Metrics, PipelineCollector, PipelineView
 from streamer.model import ModelLoadError
 from streamer.persist import Persistence
 from streamer.pipeline import Engine, Outcome, build_engine
@@ -77,35 +76,35 @@ class Daemon:
         self.stop = self.stopping.flag
         self.last_step = time.time()  # the stall clock starts at start-up
         self.metrics_port: int | None = None
-        self.state = "starting"
+        self._become("starting")
 
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @state.setter
-    def state(self, value: str) -> None:
-        self._state = value
-        self.metrics.state.state(value)
+    def _become(self, state: str) -> None:
+        self.state = state
+        self.metrics.state.state(state)
 
     # -- the run loop --------------------------------------------------------------------
     def run(self) -> int:
         structlog.contextvars.unbind_contextvars("step", "checkpoint")  # not a predecessor's
         self.stopping.install(self.watcher.request if self.watcher is not None else None)
-        server = self._serve()
+        server = wiring.serve(self.settings.metrics, self.world, self.metrics.registry,
+                              self.healthy, self.ready)  # fmt: skip
+        self.metrics_port = server.port
+        self.metrics.describe(self.settings)
         try:
-            self.state = "restoring"
+            self._become("restoring")
             self.persistence.restore()  # weights, optimizer, replay, evaluator, ledger
-            self.source = self.source or self._kafka_source()
+            self.source = self.source or wiring.kafka_source(
+                self.settings, self.world, self.engine.decoder.decode
+            )
             self.source.start(self.ledger.resume)  # the ledger says where partitions resume
-            self.state = "running"
+            self._become("running")
             while not self._turn():
                 pass
-            self.state = "draining"
+            self._become("draining")
             self._checkpoint()  # a graceful stop loses nothing
             return 0
         except FATAL as exc:
-            self.state = "failed"  # nothing past the last checkpoint is committed
+            self._become("failed")  # nothing past the last checkpoint is committed
             log.error("stopping without committing", error=str(exc), reason=type(exc).__name__)
             return 1
         finally:
@@ -189,8 +188,7 @@ class Daemon:
         outcome = self.world.broadcast(outcome)
         if outcome.settings is None:
             self.metrics.reload_ok.set(0)
-            log.error("config reload rejected; the current config stays",
-                      problems=outcome.problems)  # fmt: skip
+            log.error("config reload rejected; it stays as it was", problems=outcome.problems)
             return
         new = self.settings = outcome.settings
         self.engine.learner.reconfigure(new.learner)
@@ -199,28 +197,10 @@ class Daemon:
         self.refusals.reconfigure(new.dead_letter, new.logging.record_error_interval_seconds)
         set_level(new.logging.level)
         self.metrics.describe(new)  # reload status, timestamp and hash
-        changes = {k: f"{a} -> {b}" for k, (a, b) in outcome.changes.items()}
-        log.info("config reloaded", changes=changes)
+        log.info("config reloaded", changes={k: f"{a} -> {b}" for k, (a, b) in
+                                             outcome.changes.items()})  # fmt: skip
 
-    # -- parts ---------------------------------------------------------------------------
-    def _kafka_source(self) -> Source:
-        from streamer.kafka_source import KafkaSource  # the one consumer of Kafka
-
-        daemon = self.settings.daemon
-        backoff = (daemon.retry_backoff_seconds, daemon.retry_backoff_max_seconds)
-        owns = self.world.owns if self.world.active else None  # a fixed share, or the group's
-        return KafkaSource(self.settings.kafka, self.engine.decoder.decode, backoff, owns)
-
-    def _serve(self) -> HealthServer:
-        cfg, world = self.settings.metrics, self.world
-        port = cfg.port + world.local_rank if cfg.port else 0  # ranks of a node share its host
-        registry = with_rank(self.metrics.registry, world.rank) if world.active else None
-        server = HealthServer(registry or self.metrics.registry, self.healthy, self.ready,
-                              cfg.host, port)  # fmt: skip
-        self.metrics_port = server.port
-        self.metrics.describe(self.settings)
-        return server.start()
-
+    # -- health ------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, str]:
         source = self.source
         return health.healthy(

@@ -8,6 +8,7 @@ ledger says.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -42,6 +43,44 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
         if cfg.ssl_password is not None:
             options["ssl_password"] = cfg.ssl_password.get_secret_value()
     return options
+
+
+def consumer_options(cfg: KafkaConfig) -> dict[str, Any]:
+    options = client_options(cfg) | {
+        "group_id": cfg.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": cfg.auto_offset_reset,
+        "max_poll_interval_ms": cfg.max_poll_interval_ms,
+        "session_timeout_ms": cfg.session_timeout_ms,
+        "heartbeat_interval_ms": cfg.heartbeat_interval_ms,
+        "isolation_level": cfg.isolation_level,
+    }
+    if cfg.group_instance_id is not None:
+        options["group_instance_id"] = cfg.group_instance_id
+    return options
+
+
+def find_unreadable(
+    consumer: KafkaConsumer, enqueue: Callable[[TopicPartition, list], None]
+) -> tuple[TopicPartition, int, Exception] | None:
+    """The partition whose next record kafka-python cannot parse: each is polled alone
+    (records before the bad one come first and are enqueued as usual); its position is the
+    bad record's offset. None if no partition reproduces the error."""
+    candidates = [tp for tp in consumer.assignment() if tp not in consumer.paused()]
+    consumer.pause(*candidates)
+    try:
+        for tp in candidates:
+            consumer.resume(tp)
+            try:
+                for _ in range(20):
+                    enqueue(tp, consumer.poll(timeout_ms=200).get(tp, []))
+            except Exception as error:
+                return tp, consumer.position(tp), error
+            finally:
+                consumer.pause(tp)
+    finally:
+        consumer.resume(*candidates)
+    return None
 
 
 def position(

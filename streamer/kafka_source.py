@@ -21,7 +21,7 @@ from kafka.errors import KafkaConfigurationError, KafkaError, UnsupportedCodecEr
 from kafka.structs import OffsetAndMetadata
 
 from streamer.config import KafkaConfig
-from streamer.kafka_group import Listener, client_options, position
+from streamer.kafka_group import Listener, consumer_options, find_unreadable, position
 from streamer.records import DecodeError, Partition, RawRecord
 from streamer.source import Decode, Item, Resume, Revocation, SourceFailed, SourceStats, to_item
 
@@ -175,33 +175,18 @@ class KafkaSource:
             self._stop.wait(self._backoff[0])
 
     def _skip_unreadable(self, consumer: KafkaConsumer, exc: Exception) -> bool:
-        """Find the partition whose next record cannot be parsed (poll each alone) and step
-        over that record, handing it on as refused; False if none is found."""
-        candidates = [tp for tp in consumer.assignment() if tp not in consumer.paused()]
-        consumer.pause(*candidates)
-        try:
-            for tp in candidates:
-                consumer.resume(tp)
-                try:
-                    for _ in range(20):  # records before the bad one come first
-                        self._enqueue(tp, consumer.poll(timeout_ms=200).get(tp, []))
-                except Exception as error:
-                    self._refuse_unreadable(consumer, tp, error)
-                    return True
-                finally:
-                    consumer.pause(tp)
-        finally:
-            consumer.resume(*candidates)
-        log.warning("poll failed and no partition reproduces it", error=str(exc)[:300])
-        return False
-
-    def _refuse_unreadable(self, consumer: KafkaConsumer, tp: TopicPartition, error) -> None:
-        offset = consumer.position(tp)
+        """Step over the record kafka-python cannot parse, handing it on as refused."""
+        found = find_unreadable(consumer, self._enqueue)
+        if found is None:
+            log.warning("poll failed and no partition reproduces it", error=str(exc)[:300])
+            return False
+        tp, offset, error = found
         raw = RawRecord(tp.topic, tp.partition, offset, None)
         detail = f"{type(error).__name__}: {error}"[:200]
         epoch = self._epochs.get((tp.topic, tp.partition), 0)
         self._ready.put((Item(raw, error=DecodeError("unreadable_record", detail)), epoch))
         consumer.seek(tp, offset + 1)  # the record stays in the topic; its DLQ entry says where
+        return True
 
     def _enqueue(self, tp: TopicPartition, records) -> None:
         epoch = self._epochs.get((tp.topic, tp.partition), 0)
@@ -296,18 +281,3 @@ class KafkaSource:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
-
-
-def consumer_options(cfg: KafkaConfig) -> dict:
-    options = client_options(cfg) | {
-        "group_id": cfg.group_id,
-        "enable_auto_commit": False,
-        "auto_offset_reset": cfg.auto_offset_reset,
-        "max_poll_interval_ms": cfg.max_poll_interval_ms,
-        "session_timeout_ms": cfg.session_timeout_ms,
-        "heartbeat_interval_ms": cfg.heartbeat_interval_ms,
-        "isolation_level": cfg.isolation_level,
-    }
-    if cfg.group_instance_id is not None:
-        options["group_instance_id"] = cfg.group_instance_id
-    return options

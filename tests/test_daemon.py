@@ -259,8 +259,7 @@ def test_kafka_security_settings_are_checked_against_the_protocol(tmp_path, prot
     cfg = KafkaConfig(security_protocol="SSL", ssl_certfile=cert, ssl_keyfile=cert,
                       ssl_password="k", group_instance_id="streamer-0",
                       isolation_level="read_committed")  # fmt: skip
-    from streamer.kafka_group import client_options
-    from streamer.kafka_source import consumer_options
+    from streamer.kafka_group import client_options, consumer_options
 
     options = consumer_options(cfg)
     assert options["ssl_certfile"] == str(cert) and options["ssl_password"] == "k"

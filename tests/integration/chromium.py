@@ -16,6 +16,8 @@ from typing import Any
 
 import websocket
 
+from streamer.dev.broker import terminate
+
 # Flags that work on the build machines: no sandbox (root), no GPU, nothing phoning home.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -114,12 +116,7 @@ class Chromium:
 
     def close(self) -> None:
         self._socket.close()
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        terminate(self._process)
         self._profile.cleanup()
 
     def __enter__(self) -> Chromium:

@@ -1,0 +1,151 @@
+"""Config of what learns and how it is evaluated: model, PEFT, learner, replay, evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import Field, model_validator
+
+from streamer.config.base import Section
+
+
+class PeftConfig(Section):
+    mode: Literal["lora", "last_blocks", "full"] = Field(
+        "lora", description="Which parameters learn: LoRA adapters, the last N blocks, or all."
+    )
+    towers: Literal["both", "image", "text"] = Field(
+        "both", description="Which towers learn (SIT assumes both)."
+    )
+    rank: int = Field(4, ge=1, le=256, description="LoRA rank.")
+    alpha: float = Field(4.0, gt=0, description="LoRA scale numerator: delta = alpha/rank * B A.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA A factor.")
+    last_blocks: int = Field(2, ge=1, description="Blocks unfrozen per tower in last_blocks mode.")
+
+
+class ModelConfig(Section):
+    arch: str = Field("streamer-tiny", description="open_clip architecture name.")
+    pretrained: str | None = Field(
+        None,
+        description="open_clip pretrained tag (needs network or cache), a local weights file, "
+        "or null for random initialisation.",
+    )
+    config_dirs: tuple[Path, ...] = Field(
+        (), description="Extra directories of open_clip model config JSON files to register."
+    )
+    cache_dir: Path | None = Field(None, description="Download cache for pretrained tags.")
+    peft: PeftConfig = Field(PeftConfig(), description="Which parameters learn, and how.")
+
+
+class ReplayConfig(Section):
+    capacity: int = Field(2000, ge=0, description="Reservoir capacity in samples (0 = no replay).")
+    max_bytes: int | None = Field(
+        None, ge=1, description="Optional budget on stored image bytes; oldest-slot eviction."
+    )
+    seed: int = Field(0, description="Seed of the reservoir's random generator.")
+
+
+class LearnerConfig(Section):
+    loss: Literal["sit", "clip", "asymmetric"] = Field("sit", description="Training objective.")
+    lr: float = Field(5e-4, gt=0, le=1, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Max global grad norm; null = off.")
+    steps_per_batch: int = Field(3, ge=1, le=100, description="Optimizer steps per fresh batch.")
+    batch_size: int = Field(64, ge=1, description="Fresh samples per batch.")
+    replay_per_step: int = Field(32, ge=0, description="Replayed samples mixed into each step.")
+    prompt_template: str = Field(
+        "a photo of a {label}.", description="Text of a labelled sample for SIT and evaluation."
+    )
+    max_labels: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Label prompts kept as scoring candidates (prequential accuracy, the "
+        "asymmetric loss, probe accuracy): the most recently seen ones; older labels leave "
+        "the set. Bounds step time and memory on streams with many distinct labels.",
+    )
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU."
+    )
+    seed: int = Field(0, description="Seed for torch (LoRA init, dropout).")
+
+    @model_validator(mode="after")
+    def _template_has_label(self) -> LearnerConfig:
+        if "{label}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain '{label}'")
+        try:
+            self.prompt_template.format(label="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"prompt_template: only {{label}} may be filled in ({exc})") from exc
+        return self
+
+
+class DetectorConfig(Section):
+    kind: Literal["adwin", "page_hinkley"] = Field(
+        "page_hinkley", description="river detector for this signal."
+    )
+    delta: float = Field(
+        0.005, gt=0, description="ADWIN confidence, or PageHinkley's tolerated change."
+    )
+    threshold: float = Field(
+        0.2, gt=0, description="PageHinkley alarm threshold, in the signal's own units."
+    )
+    min_instances: int = Field(10, ge=1, description="PageHinkley warm-up observations.")
+    mode: Literal["up", "down", "both"] = Field(
+        "both", description="PageHinkley: alarm on increases, decreases, or both."
+    )
+
+
+DriftSignal = Literal["accuracy", "matched_cosine", "modality_gap", "misalignment"]
+DRIFT_SIGNALS: tuple[str, ...] = get_args(DriftSignal)
+
+
+def _default_detectors() -> dict[str, DetectorConfig]:
+    return {
+        "accuracy": DetectorConfig(kind="adwin", delta=0.002),
+        "matched_cosine": DetectorConfig(kind="page_hinkley", threshold=0.1),
+        "modality_gap": DetectorConfig(kind="page_hinkley", threshold=0.1),
+        "misalignment": DetectorConfig(
+            kind="page_hinkley", threshold=0.2, delta=0.02, min_instances=3, mode="up"
+        ),
+    }
+
+
+class EvaluationConfig(Section):
+    probe_fraction: float = Field(
+        0.02, ge=0, lt=1, description="Share of the stream held out as probes (hash of id)."
+    )
+    probe_per_window: int = Field(200, ge=1, description="Probe samples kept per window.")
+    max_windows: int = Field(8, ge=1, le=20, description="Windows tracked (bounds labels).")
+    window_seconds: float = Field(
+        3600.0, gt=0, description="Time bucket of event time when a record has no task."
+    )
+    reference_manifest: Path | None = Field(
+        None,
+        description="JSONL manifest of a fixed probe set the model must keep (window "
+        "'reference', never dropped).",
+    )
+    eval_every: int = Field(
+        1000, ge=1, description="Trained samples between probe evaluations (A_auc cadence)."
+    )
+    eval_batch_size: int = Field(256, ge=1, description="Probe samples per forward pass.")
+    history: int = Field(5000, ge=10, description="Detector inputs kept for exact restore.")
+    misalignment_threshold: float = Field(
+        0.15,
+        gt=0,
+        description="Misalignment score (nats) above which the towers count as drifting "
+        "apart: alert StreamerMisaligned.",
+    )
+    misalignment_window: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="Evaluations a one-sided drift must persist to count: the score is the "
+        "least instant score over this many, so the transient of joint training right after a "
+        "shift (the image tower moves first) does not count.",
+    )
+    detectors: dict[DriftSignal, DetectorConfig] = Field(
+        default_factory=_default_detectors, description="Drift detector per signal."
+    )

@@ -1,0 +1,144 @@
+"""Config of where records come from and what is accepted: Kafka, records, dead letters, and
+the harness's dataset stream."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, FilePath, SecretStr, model_validator
+
+from streamer.config.base import Section
+
+
+class StreamConfig(Section):
+    """A dataset stream for the development harness: `streamer produce`, `simulate`, the demo."""
+
+    dataset: Literal["fashion-mnist", "digits", "manifest"] = Field(
+        "fashion-mnist", description="Which dataset to stream."
+    )
+    path: Path | None = Field(None, description="IDX directory or JSONL manifest path.")
+    tasks: int = Field(5, ge=1, description="Number of class-incremental tasks.")
+    classes_per_task: int | None = Field(None, ge=1, description="Default: classes / tasks.")
+    blurry: float = Field(0.0, ge=0, le=1, description="Share of each task drawn from others.")
+    per_class: int | None = Field(None, ge=1, description="Cap of samples per class.")
+    image_format: Literal["PNG", "JPEG"] = Field("PNG", description="Encoding of emitted images.")
+    seed: int = Field(0, description="Seed of the class order and shuffles.")
+
+
+class KafkaConfig(Section):
+    bootstrap_servers: tuple[str, ...] = Field(
+        ("127.0.0.1:9092",), min_length=1, description="Broker host:port list."
+    )
+    topic: str = Field("streamer-pairs", min_length=1, description="Topic of image-text pairs.")
+    group_id: str = Field("streamer", min_length=1, description="Consumer group.")
+    client_id: str = Field("streamer", description="Client id shown by the broker.")
+    dlq_topic: str | None = Field(None, description="Dead-letter topic; default <topic>.dlq.")
+    codec: Literal["json", "raw"] = Field("json", description="Record value format.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where to start without a committed offset, or when out of range."
+    )
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1_000, description="Group eviction limit between polls (also rebalance time)."
+    )
+    session_timeout_ms: int = Field(45_000, ge=1_000, description="Heartbeat session timeout.")
+    heartbeat_interval_ms: int = Field(3_000, ge=100, description="Heartbeat interval.")
+    queue_records: int = Field(
+        2_048, ge=1, description="Decoded records buffered ahead of training; polling pauses above."
+    )
+    linger_ms: int = Field(200, ge=0, description="Wait for a full batch at most this long.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Transport security."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism."
+    )
+    sasl_username: str | None = Field(None, description="SASL user.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    ssl_cafile: FilePath | None = Field(None, description="CA bundle (PEM) for SSL.")
+    ssl_certfile: FilePath | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS; may also hold the key."
+    )
+    ssl_keyfile: FilePath | None = Field(None, description="Client private key (PEM), mTLS.")
+    ssl_password: SecretStr | None = Field(
+        None, description="Password of the client key (never logged)."
+    )
+    ssl_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to."
+    )
+    group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=249,
+        description="Static group membership (KIP-345): a stable id per member (e.g. the pod "
+        "name), so a restart within session_timeout_ms does not rebalance the group.",
+    )
+    isolation_level: Literal["read_uncommitted", "read_committed"] = Field(
+        "read_uncommitted",
+        description="read_committed: only records of committed transactions (transactional "
+        "producers); aborted ones are never trained.",
+    )
+    poll_error_budget_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A poll error repeating without a successful poll for this long fails "
+        "the daemon (health reports it at once), naming the cause: it never loops quietly.",
+    )
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+    @model_validator(mode="after")
+    def _security_settings_fit_the_protocol(self) -> KafkaConfig:
+        ssl = self.security_protocol in ("SSL", "SASL_SSL")
+        sasl = self.security_protocol.startswith("SASL_")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
+            if getattr(self, name) is not None and not ssl:
+                raise ValueError(f"{name} needs security_protocol SSL or SASL_SSL")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate)")
+        if sasl and (self.sasl_mechanism is None or not self.sasl_username):
+            raise ValueError(f"{self.security_protocol} needs sasl_mechanism and sasl_username")
+        if self.sasl_mechanism is not None and not sasl:
+            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+        instance = self.group_instance_id
+        if instance is not None and (instance in (".", "..") or not _INSTANCE_ID.match(instance)):
+            raise ValueError("group_instance_id: only ASCII letters, digits, '.', '_' and '-'")
+        return self
+
+
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]+$")  # Kafka's rule for group.instance.id
+
+
+class RecordConfig(Section):
+    max_record_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest record value.")
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest encoded image.")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest width x height (bombs).")
+    max_aspect_ratio: float = Field(
+        20.0,
+        ge=1,
+        description="Longest side over shortest: a 1 x 40M image would become billions of "
+        "pixels when resized to the model's input.",
+    )
+    formats: tuple[Literal["JPEG", "PNG", "WEBP"], ...] = Field(
+        ("JPEG", "PNG", "WEBP"), min_length=1, description="Accepted image formats."
+    )
+    max_text_chars: int = Field(1_000, ge=1, description="Longest caption.")
+    image_root: Path | None = Field(
+        None, description="Directory that file:// image_uri values must lie under (else refused)."
+    )
+    max_event_time_skew_seconds: float = Field(
+        10 * 365 * 86400.0,
+        gt=0,
+        description="An event time `ts` further than this from the record's broker timestamp "
+        "is refused (reason event_time_out_of_range), as is a non-finite one.",
+    )
+
+
+class DeadLetterConfig(Section):
+    max_share: float = Field(
+        0.5, gt=0, le=1, description="Stop when more than this share of a window is invalid."
+    )
+    window: int = Field(1_000, ge=10, description="Records in the share's sliding window.")
