@@ -5,10 +5,16 @@ All embeddings are unit-normalised; row i of `img` and row i of `txt` are a matc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+Blame = Literal["image", "text", "both", "none"]
+KNN_K = 5  # neighbours of the leave-one-out image classifier
+BLAME_MARGIN = 0.1  # recovery (accuracy) a swap must bring, and lead the other tower's by
 
 
 def matched_cosine(img: torch.Tensor, txt: torch.Tensor) -> float:
@@ -32,6 +38,15 @@ def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
         return 0.0
     sq = torch.pdist(x.float(), p=2).pow(2)
     return float(torch.logsumexp(-t * sq, dim=0) - torch.log(torch.tensor(float(sq.numel()))))
+
+
+def text_index(texts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+    """Class of each row [N] (its unique text's number) and the first row of each text [U]."""
+    unique = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    first: dict[str, int] = {}
+    for row, t in enumerate(texts):
+        first.setdefault(t, row)
+    return torch.tensor([unique[t] for t in texts], dtype=torch.long), list(first.values())
 
 
 def recall_at_k(
@@ -114,3 +129,175 @@ def summarise(
         "structure_kl": kl,
         "misalignment": misalignment(image_drift, text_drift, kl),
     }
+
+
+# -- the diagnosis ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Retrieval:
+    """One pairing of an image tower with a text tower on the probes."""
+
+    accuracy: float  # top-1 image -> text among the probes' unique texts (R@1 image->text)
+    recall_text_to_image: float  # R@1 text -> image
+
+
+@dataclass(frozen=True)
+class TowerSwap:
+    now: Retrieval  # (image now, text now)
+    text_base: Retrieval  # (image now, text base): the text tower swapped back
+    image_base: Retrieval  # (image base, text now): the image tower swapped back
+    base: Retrieval  # (image base, text base)
+
+
+@dataclass(frozen=True)
+class ClassAlignment:
+    """One class (one unique text) with at least two probes."""
+
+    text: str
+    probes: int
+    separable: float  # leave-one-out kNN accuracy of its images, image tower alone
+    accuracy: float  # cross-modal top-1 now
+    deficit: float  # max(0, separable − accuracy)
+    image_recovery: float  # accuracy with the image tower swapped back to the base, minus now
+    text_recovery: float  # ... with the text tower swapped back
+    both_recovery: float  # ... with both swapped back
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    probes: int
+    classes: int  # classes with at least two probes: the ones judged
+    swap: TowerSwap
+    separable: float  # mean over judged classes of the kNN accuracy
+    deficit: float  # mean over judged classes of their deficit, in [0, 1]
+    image_blame: float  # deficit-weighted mean of the classes' image recovery
+    text_blame: float
+    both_blame: float
+    alarm: bool  # deficit above the threshold
+    blame: Blame  # "none" without an alarm, or when no swap recovers the margin
+    by_class: tuple[ClassAlignment, ...]  # every judged class, largest deficit first
+
+    def top(self, k: int) -> tuple[ClassAlignment, ...]:
+        """The k classes that lost most alignment (bounded labels for metrics)."""
+        return tuple(c for c in self.by_class[:k] if c.deficit > 0)
+
+
+def top1_hits(
+    img: torch.Tensor, txt: torch.Tensor, index: torch.Tensor, first: list[int]
+) -> torch.Tensor:
+    """Per probe [N] bool: is its own text the nearest of the unique texts txt[first]?"""
+    return (img @ txt[first].t()).argmax(dim=1) == index  # [N, U] -> [N]
+
+
+def knn_hits(img: torch.Tensor, index: torch.Tensor, k: int = KNN_K) -> torch.Tensor:
+    """Leave-one-out kNN by class [N] bool: do the k nearest other images vote for its class?
+    Ties go to the class of the nearer neighbours."""
+    n = img.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return torch.zeros(n, dtype=torch.bool)
+    sim = img @ img.t()  # [N, N]
+    sim.fill_diagonal_(-float("inf"))
+    nearest = sim.topk(k, dim=1).indices  # [N, k], nearest first
+    weight = 1.0 + 1e-3 * torch.arange(k, 0, -1, dtype=img.dtype)  # [k]: counts, then ranks
+    votes = torch.zeros(n, int(index.max()) + 1, dtype=img.dtype)  # [N, U]
+    votes.scatter_add_(1, index[nearest], weight.expand(n, k).contiguous())
+    return votes.argmax(dim=1) == index
+
+
+def _mean(hits: torch.Tensor) -> float:
+    return float(hits.float().mean())
+
+
+def _per_class(texts, index, knn, now, swapped) -> list[ClassAlignment]:
+    """swapped: hits [N] with the image tower, the text tower, both swapped back."""
+    out = []
+    for u in range(int(index.max()) + 1):
+        rows = index == u
+        if int(rows.sum()) < 2:
+            continue  # a lone image has no neighbour of its class
+        sep, acc = _mean(knn[rows]), _mean(now[rows])
+        image, text, both = (_mean(hits[rows]) - acc for hits in swapped)
+        out.append(ClassAlignment(texts[int(rows.nonzero()[0])], int(rows.sum()), sep, acc,
+                                  max(0.0, sep - acc), image, text, both))  # fmt: skip
+    return sorted(out, key=lambda c: (-c.deficit, c.text))
+
+
+def _blame(image: float, text: float, both: float, alarm: bool, margin: float) -> Blame:
+    if not alarm:
+        return "none"
+    if image >= margin and image - text >= margin:
+        return "image"
+    if text >= margin and text - image >= margin:
+        return "text"
+    return "both" if max(image, text, both) >= margin else "none"
+
+
+def _weighted(classes: Sequence[ClassAlignment], recovery) -> float:
+    """Deficit-weighted mean of a recovery: what a swap repairs where alignment was lost."""
+    total = sum(c.deficit for c in classes)
+    return sum(c.deficit * recovery(c) for c in classes) / total if total > 0 else 0.0
+
+
+def diagnose(
+    img: torch.Tensor, txt: torch.Tensor, img0: torch.Tensor, txt0: torch.Tensor,
+    texts: Sequence[str], threshold: float, margin: float = BLAME_MARGIN, k: int = KNN_K,
+) -> Diagnosis:  # fmt: skip
+    """Which tower, if any, broke the image-text match: img, txt, img0, txt0 [N, D]."""
+    index, first = text_index(texts)
+    now = top1_hits(img, txt, index, first)
+    image_back = top1_hits(img0, txt, index, first)
+    text_back = top1_hits(img, txt0, index, first)
+    both_back = top1_hits(img0, txt0, index, first)
+    knn = knn_hits(img, index, k)
+    classes = _per_class(texts, index, knn, now, (image_back, text_back, both_back))
+    image = _weighted(classes, lambda c: c.image_recovery)
+    text = _weighted(classes, lambda c: c.text_recovery)
+    both = _weighted(classes, lambda c: c.both_recovery)
+    deficit = sum(c.deficit for c in classes) / len(classes) if classes else 0.0
+    alarm = deficit > threshold
+    swap = TowerSwap(
+        now=_retrieval(img, txt, texts, now),
+        text_base=_retrieval(img, txt0, texts, text_back),
+        image_base=_retrieval(img0, txt, texts, image_back),
+        base=_retrieval(img0, txt0, texts, both_back),
+    )
+    return Diagnosis(
+        probes=len(texts), classes=len(classes), swap=swap,
+        separable=sum(c.separable for c in classes) / len(classes) if classes else 0.0,
+        deficit=deficit, image_blame=image, text_blame=text, both_blame=both, alarm=alarm,
+        blame=_blame(image, text, both, alarm, margin), by_class=tuple(classes),
+    )  # fmt: skip
+
+
+def _retrieval(img, txt, texts, hits) -> Retrieval:
+    return Retrieval(_mean(hits), recall_at_k(img, txt, texts, 1)[1])
+
+
+# -- per-block attribution (the model side measures; this ranks) ---------------------------
+@dataclass(frozen=True)
+class BlockShift:
+    tower: str  # "image" or "text"
+    block: int
+    delta_norm: float  # ‖ΔW‖ of the block's adapters (LoRA: ‖scale · B A‖)
+    share: float  # of its tower's total delta norm
+    recovery: float | None  # accuracy with this block's adapters off, minus now
+
+
+def block_attribution(
+    norms: Mapping[tuple[str, int], float],
+    accuracy_now: float | None = None,
+    accuracy_off: Mapping[tuple[str, int], float] | None = None,
+) -> tuple[BlockShift, ...]:
+    """Which blocks of which tower moved, and which ones switching off would repair; most
+    repairing first, then largest share."""
+    totals: dict[str, float] = {}
+    for (tower, _), norm in norms.items():
+        totals[tower] = totals.get(tower, 0.0) + norm
+    off = accuracy_off or {}
+    out = [
+        BlockShift(tower, block, norm, norm / totals[tower] if totals[tower] > 0 else 0.0,
+                   off[(tower, block)] - accuracy_now
+                   if accuracy_now is not None and (tower, block) in off else None)
+        for (tower, block), norm in norms.items()
+    ]  # fmt: skip
+    return tuple(sorted(out, key=lambda b: (-(b.recovery or 0.0), -b.share, b.tower, b.block)))

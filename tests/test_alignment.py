@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from streamer import alignment
 
+THRESHOLD = 0.2  # deficit that alarms in these cases
+
 
 def _unit(*rows: list[float]) -> torch.Tensor:
     return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
@@ -74,3 +76,113 @@ def test_summary_scores_a_frozen_text_tower_by_its_structure_change():
     s = alignment.summarise(moved, img0, img0, img0, ["a", "b", "c"], base_scale=10.0)
     assert s["text_drift"] == pytest.approx(0.0, abs=1e-6)
     assert s["misalignment"] == pytest.approx(s["structure_kl"]) and s["misalignment"] > 0
+
+
+def test_knn_leaves_each_image_out():
+    img = _unit([1, 0], [1, 0.1], [0, 1], [0.1, 1])
+    index = torch.tensor([0, 0, 1, 1])
+    assert alignment.knn_hits(img, index, k=1).tolist() == [True] * 4
+    # alone in its class, an image can only be voted into another class
+    assert alignment.knn_hits(img, torch.tensor([0, 0, 1, 2]), k=1).tolist()[2:] == [False] * 2
+
+
+# -- constructed cases: a base of ten well-separated classes, 20 probes each -----------------
+D, CLASSES, PER_CLASS = 32, 10, 20
+
+
+def _rotation(seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(D, D, generator=torch.Generator().manual_seed(seed)))
+    return q  # [D, D] orthogonal
+
+
+@pytest.fixture(scope="module")
+def base():
+    """img0, txt0 [200, D] and texts: images noisy around their class, offset by a modality
+    gap; texts at the class centres."""
+    g = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(CLASSES, D, generator=g), dim=1)
+    gap = 0.5 * F.normalize(torch.randn(D, generator=g), dim=0)
+    label = [c for c in range(CLASSES) for _ in range(PER_CLASS)]
+    txt0 = centres[label]
+    img0 = F.normalize(txt0 + 0.35 * torch.randn(len(label), D, generator=g) + gap, dim=1)
+    return img0, txt0, [f"a photo of a {c}" for c in label]
+
+
+def _near(x: torch.Tensor, noise: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    return F.normalize(x + noise * torch.randn(x.shape, generator=g), dim=1)
+
+
+def _diagnose(base, img, txt) -> alignment.Diagnosis:
+    img0, txt0, texts = base
+    return alignment.diagnose(img, txt, img0, txt0, texts, threshold=THRESHOLD)
+
+
+def test_a_healthy_base_has_no_deficit(base):
+    img0, txt0, _ = base
+    d = _diagnose(base, img0, txt0)
+    assert d.deficit < 0.05 and not d.alarm and d.blame == "none"
+    assert d.classes == CLASSES and d.probes == CLASSES * PER_CLASS
+    tight = _near(txt0, 0.05)
+    assert _diagnose(base, tight, txt0).deficit == 0.0  # well separated: none at all
+
+
+def test_both_towers_rotated_alike_stay_aligned(base):
+    img0, txt0, _ = base
+    r = _rotation(1)
+    d = _diagnose(base, img0 @ r, txt0 @ r)
+    assert not d.alarm and d.blame == "none"
+    assert d.deficit == pytest.approx(_diagnose(base, img0, txt0).deficit, abs=1e-6)
+    # swapping one tower back alone would break it: the swap sees both moved
+    assert d.swap.image_base.accuracy < 0.3 and d.swap.text_base.accuracy < 0.3
+
+
+def test_towers_rotated_differently_misalign_and_blame_both(base):
+    img0, txt0, _ = base
+    d = _diagnose(base, img0 @ _rotation(1), txt0 @ _rotation(2))
+    assert d.alarm and d.deficit > 0.4
+    assert d.blame == "both" and d.both_blame > 0.5
+    assert d.swap.now.accuracy < 0.3 and d.swap.base.accuracy > 0.7
+
+
+def test_the_image_tower_moved_onto_its_texts_stays_aligned(base):
+    img0, txt0, _ = base
+    moved = _near(txt0, 0.2)
+    assert alignment.drift(moved, img0) > 0.2  # it did move
+    d = _diagnose(base, moved, txt0)
+    assert not d.alarm and d.deficit < 0.05 and d.blame == "none"
+    assert d.swap.now.accuracy >= d.swap.base.accuracy
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_one_tower_rotated_misaligns_and_is_blamed(base, tower):
+    img0, txt0, _ = base
+    r = _rotation(3)
+    img, txt = (img0 @ r, txt0) if tower == "image" else (img0, txt0 @ r)
+    d = _diagnose(base, img, txt)
+    assert d.alarm and d.deficit > 0.4 and d.blame == tower
+    blames = {"image": d.image_blame, "text": d.text_blame}
+    other = "text" if tower == "image" else "image"
+    assert blames[tower] > 0.5 and abs(blames[other]) < 0.1
+    assert d.top(3) and all(c.deficit > 0.2 for c in d.top(3))
+
+
+def test_per_class_attribution_names_the_classes_that_lost_alignment(base):
+    img0, txt0, texts = base
+    broken = torch.tensor([t in ("a photo of a 3", "a photo of a 7") for t in texts])
+    img = torch.where(broken[:, None], img0 @ _rotation(4), img0)  # only two classes moved
+    d = alignment.diagnose(img, txt0, img0, txt0, texts, threshold=0.05)
+    assert {c.text for c in d.top(2)} == {"a photo of a 3", "a photo of a 7"}
+    assert all(c.image_recovery > 0.5 for c in d.top(2))
+    assert len(d.by_class) == CLASSES and all(c.deficit < 0.15 for c in d.by_class[2:])
+    assert d.alarm and d.blame == "image"  # the recovery is weighed where the deficit is
+
+
+def test_block_attribution_ranks_the_block_whose_removal_repairs():
+    norms = {("image", 0): 1.0, ("image", 1): 3.0, ("text", 0): 0.5, ("text", 1): 0.5}
+    ranked = alignment.block_attribution(norms, 0.4, {("image", 0): 0.8, ("image", 1): 0.45})
+    assert (ranked[0].tower, ranked[0].block) == ("image", 0)
+    assert ranked[0].recovery == pytest.approx(0.4) and ranked[0].share == pytest.approx(0.25)
+    only_norms = alignment.block_attribution(norms)
+    assert (only_norms[0].block, only_norms[0].recovery) == (1, None)
+    assert sum(b.share for b in only_norms if b.tower == "text") == pytest.approx(1.0)
