@@ -1,6 +1,17 @@
-"""Alignment and misalignment measures on probe embeddings. Pure: tensors in, floats out.
+"""Alignment measures and the misalignment diagnosis on probe embeddings. Pure: tensors in,
+floats and frozen dataclasses out.
 
-All embeddings are unit-normalised; row i of `img` and row i of `txt` are a matched pair.
+All embeddings are unit-normalised; row i of `img` and row i of `txt` are a matched pair, and
+identical texts are one text (one class) with several images. `img0`, `txt0` are the same
+probes embedded by the base model.
+
+Misalignment means the two towers no longer match on a concept; it is not the same as one
+tower moving (a tower may move onto its texts and stay aligned). The diagnosis therefore asks:
+- the *deficit* (base-free): how far cross-modal accuracy falls short of what the image
+  embeddings alone separate (leave-one-out kNN by text), per class, clamped at 0, averaged
+  over classes: in [0, 1], about the model now, so it does not grow through a long run;
+- the *tower swap*: accuracy with each tower swapped back to the base; a tower's blame is what
+  that swap recovers on the classes in deficit.
 """
 
 from __future__ import annotations
@@ -10,7 +21,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 Blame = Literal["image", "text", "both", "none"]
 KNN_K = 5  # neighbours of the leave-one-out image classifier
@@ -53,15 +63,11 @@ def recall_at_k(
     img: torch.Tensor, txt: torch.Tensor, texts: Sequence[str], k: int
 ) -> tuple[float, float]:
     """R@k image->text and text->image. Identical texts are one text with several images."""
-    unique = list(dict.fromkeys(texts))
-    index = torch.tensor([unique.index(t) for t in texts])
-    first = [texts.index(t) for t in unique]
+    index, first = text_index(texts)
     sim = img @ txt[first].t()  # [N, U]
-    k_i = min(k, len(unique))
-    hit_i2t = (sim.topk(k_i, dim=1).indices == index[:, None]).any(dim=1)
-    k_t = min(k, img.shape[0])
-    top_images = sim.t().topk(k_t, dim=1).indices  # [U, k]
-    hit_t2i = (index[top_images] == torch.arange(len(unique))[:, None]).any(dim=1)
+    hit_i2t = (sim.topk(min(k, len(first)), dim=1).indices == index[:, None]).any(dim=1)
+    top_images = sim.t().topk(min(k, img.shape[0]), dim=1).indices  # [U, k]
+    hit_t2i = (index[top_images] == torch.arange(len(first))[:, None]).any(dim=1)
     return float(hit_i2t.float().mean()), float(hit_t2i.float().mean())
 
 
@@ -70,64 +76,26 @@ def drift(now: torch.Tensor, base: torch.Tensor) -> float:
     return 1.0 - float((now * base).sum(dim=1).mean())
 
 
-def structure_kl(
-    img: torch.Tensor, txt: torch.Tensor, img0: torch.Tensor, txt0: torch.Tensor, scale: float
-) -> float:
-    """Mean row-wise KL(softmax(S_0) ‖ softmax(S_t)) of image->text similarities.
-
-    One temperature (the base model's) for both, so only the structure counts.
-    """
-    log_p0 = F.log_softmax(scale * img0 @ txt0.t(), dim=1)  # [N, N]
-    log_pt = F.log_softmax(scale * img @ txt.t(), dim=1)
-    return float(F.kl_div(log_pt, log_p0, log_target=True, reduction="batchmean"))
-
-
-def drift_asymmetry(image_drift: float, text_drift: float) -> float:
-    """|d_img − d_txt| / (d_img + d_txt) in [0, 1]: 0 when both towers moved alike, 1 when one
-    stood still. 0 when neither moved."""
-    image_drift, text_drift = max(image_drift, 0.0), max(text_drift, 0.0)  # rounding below 0
-    total = image_drift + text_drift
-    return abs(image_drift - text_drift) / total if total > 1e-9 else 0.0
-
-
-def misalignment(image_drift: float, text_drift: float, structure_kl: float) -> float:
-    """The similarity-structure change from the base model, weighted by how one-sided it is.
-
-    structure_kl × asymmetry²: with one tower frozen (asymmetry 1) the whole structure change
-    counts; healthy joint training, where the image tower typically drifts 2–5× more than the
-    text tower (asymmetry 0.3–0.7), is damped to a tenth to a half. In nats, like the KL.
-    """
-    return structure_kl * drift_asymmetry(image_drift, text_drift) ** 2
-
-
 def summarise(
-    img: torch.Tensor,
-    txt: torch.Tensor,
-    img0: torch.Tensor,
-    txt0: torch.Tensor,
+    img: torch.Tensor, txt: torch.Tensor, img0: torch.Tensor, txt0: torch.Tensor,
     texts: Sequence[str],
-    base_scale: float,
-) -> dict[str, float]:
-    """Every alignment figure of one probe set, now (img, txt) against base (img0, txt0)."""
-    unique_rows = [texts.index(t) for t in dict.fromkeys(texts)]
+) -> dict[str, float]:  # fmt: skip
+    """The descriptive alignment figures of one probe set, and each tower's drift."""
+    _, first = text_index(texts)
     r1_i2t, r1_t2i = recall_at_k(img, txt, texts, 1)
     r5_i2t, r5_t2i = recall_at_k(img, txt, texts, 5)
-    image_drift, text_drift = drift(img, img0), drift(txt, txt0)
-    kl = structure_kl(img, txt, img0, txt0, base_scale)
     return {
         "matched_cosine": matched_cosine(img, txt),
         "modality_gap": modality_gap(img, txt),
         "alignment": alignment(img, txt),
         "uniformity_image": uniformity(img),
-        "uniformity_text": uniformity(txt[unique_rows]),
+        "uniformity_text": uniformity(txt[first]),
         "recall_at_1_image_to_text": r1_i2t,
         "recall_at_1_text_to_image": r1_t2i,
         "recall_at_5_image_to_text": r5_i2t,
         "recall_at_5_text_to_image": r5_t2i,
-        "image_drift": image_drift,
-        "text_drift": text_drift,
-        "structure_kl": kl,
-        "misalignment": misalignment(image_drift, text_drift, kl),
+        "image_drift": drift(img, img0),
+        "text_drift": drift(txt, txt0),
     }
 
 
@@ -169,7 +137,8 @@ class Diagnosis:
     swap: TowerSwap
     separable: float  # mean over judged classes of the kNN accuracy
     deficit: float  # mean over judged classes of their deficit, in [0, 1]
-    image_blame: float  # deficit-weighted mean of the classes' image recovery
+    lost: float  # the part of `deficit` on classes a swap back to the base improves
+    image_blame: float  # over those classes, the deficit-weighted image recovery
     text_blame: float
     both_blame: float
     alarm: bool  # deficit above the threshold
@@ -232,6 +201,12 @@ def _blame(image: float, text: float, both: float, alarm: bool, margin: float) -
     return "both" if max(image, text, both) >= margin else "none"
 
 
+def _lost(c: ClassAlignment) -> bool:
+    """In deficit, and some swap back to the base improves it: alignment the base had. A class
+    the base did not align either (a new concept being learned) carries no blame."""
+    return c.deficit > 0 and max(c.image_recovery, c.text_recovery, c.both_recovery) > 0
+
+
 def _weighted(classes: Sequence[ClassAlignment], recovery) -> float:
     """Deficit-weighted mean of a recovery: what a swap repairs where alignment was lost."""
     total = sum(c.deficit for c in classes)
@@ -250,10 +225,12 @@ def diagnose(
     both_back = top1_hits(img0, txt0, index, first)
     knn = knn_hits(img, index, k)
     classes = _per_class(texts, index, knn, now, (image_back, text_back, both_back))
-    image = _weighted(classes, lambda c: c.image_recovery)
-    text = _weighted(classes, lambda c: c.text_recovery)
-    both = _weighted(classes, lambda c: c.both_recovery)
-    deficit = sum(c.deficit for c in classes) / len(classes) if classes else 0.0
+    lost = [c for c in classes if _lost(c)]
+    image = _weighted(lost, lambda c: c.image_recovery)
+    text = _weighted(lost, lambda c: c.text_recovery)
+    both = _weighted(lost, lambda c: c.both_recovery)
+    n = max(len(classes), 1)
+    deficit = sum(c.deficit for c in classes) / n  # [0, 1]
     alarm = deficit > threshold
     swap = TowerSwap(
         now=_retrieval(img, txt, texts, now),
@@ -263,9 +240,10 @@ def diagnose(
     )
     return Diagnosis(
         probes=len(texts), classes=len(classes), swap=swap,
-        separable=sum(c.separable for c in classes) / len(classes) if classes else 0.0,
-        deficit=deficit, image_blame=image, text_blame=text, both_blame=both, alarm=alarm,
-        blame=_blame(image, text, both, alarm, margin), by_class=tuple(classes),
+        separable=sum(c.separable for c in classes) / n, deficit=deficit,
+        lost=sum(c.deficit for c in lost) / n, image_blame=image, text_blame=text,
+        both_blame=both, alarm=alarm, blame=_blame(image, text, both, alarm, margin),
+        by_class=tuple(classes),
     )  # fmt: skip
 
 
