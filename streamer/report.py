@@ -38,7 +38,7 @@ def _cell(matrix: AccuracyMatrix, row: str, window: str, cell: Cell | None, widt
     if not matrix.measured(cell):
         return " " * width
     mark = "*" if row not in ("step 0", "final") and matrix.is_forward(row, window) else " "
-    return f"{_pct(cell.accuracy)}{mark}".rjust(width)
+    return f"{_pct(cell.accuracy):>{width - 1}}{mark}"
 
 
 def matrix_table(matrix: AccuracyMatrix, final: EvalReport) -> list[str]:
@@ -50,7 +50,7 @@ def matrix_table(matrix: AccuracyMatrix, final: EvalReport) -> list[str]:
         "Accuracy (%) on each window's probes, after training through window "
         f"(blank: fewer than {matrix.min_probes} probes or not measured; * before any "
         "training on that window):",
-        " " * name_width + "".join(f"{w:>{n}}" for w, n in zip(windows, widths, strict=True)),
+        " " * name_width + "".join(f"{w:>{n - 1}} " for w, n in zip(windows, widths, strict=True)),
     ]
     rows = {"step 0": matrix.base, **matrix.rows, "final": matrix.latest}
     for name, row in rows.items():
@@ -58,7 +58,9 @@ def matrix_table(matrix: AccuracyMatrix, final: EvalReport) -> list[str]:
             _cell(matrix, name, w, row.get(w), n) for w, n in zip(windows, widths, strict=True)
         )
         lines.append(f"{name:<{name_width}}{cells}")
-    counts = "".join(f"{final.probes.get(w, 0):>{n}}" for w, n in zip(windows, widths, strict=True))
+    counts = "".join(
+        f"{final.probes.get(w, 0):>{n - 1}} " for w, n in zip(windows, widths, strict=True)
+    )
     lines.append(f"{'probes now':<{name_width}}{counts}")
     if final.left_out:
         held = ", ".join(f"{w} ({final.probes.get(w, 0)})" for w in final.left_out)

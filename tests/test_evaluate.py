@@ -130,6 +130,37 @@ def test_the_step_0_row_survives_a_restore_and_does_not_run_again(tmp_path, digi
     assert report.forgetting.keys() == {"a"} and set(report.forward_transfer) <= {"b"}
 
 
+def test_base_cells_are_the_base_models_accuracy(digit_stream):
+    # Both windows had too few probes at step 0; their base cells come from the base model
+    # at the final evaluation. A fresh LoRA engine (B = 0) is that base: it must agree.
+    settings = tiny_settings(evaluation={"eval_every": 10_000})
+    engine = build_engine(settings)
+    stream = [_at(s, task="a" if i < 300 else "b") for i, s in enumerate(digit_stream[:600])]
+    run_stream(engine, stream, batch_size=16)
+    fresh = build_engine(settings).evaluator
+    for buffer in engine.evaluator.probes.values():
+        for sample in buffer.items():
+            fresh.add_probe(sample)
+    naive = fresh.evaluate(engine.learner.labels).accuracy
+    base = engine.evaluator.matrix.base
+    assert {w: c.accuracy for w, c in base.items()} == pytest.approx(naive)
+
+
+def test_an_evaluator_state_of_the_old_protocol_still_loads(engine, digit_stream):
+    for sample in digit_stream[:30]:
+        engine.evaluator.add_probe(sample)
+    state = engine.evaluator.state_dict()
+    for key in ("format", "classes", "base_done", "deficits"):
+        del state[key]
+    state["samples"], state["current"] = 500, "task-0"
+    state["matrix"] = {"windows": ["task-0"], "pinned": [], "rows": {}, "latest": {"task-0": 0.5},
+                       "curve": [[64, 0.5]], "auc": [0.5, 1]}  # fmt: skip
+    restored = build_engine(tiny_settings()).evaluator
+    restored.load_state_dict(state)
+    assert restored.evaluate_base([]) is None  # trained already: no step-0 row now
+    assert restored.matrix.started == ["task-0"] and len(restored.probes["task-0"]) == 30
+
+
 def test_misalignment_must_persist_over_the_window(engine):
     cfg = EvaluationConfig(misalignment_window=3, misalignment_threshold=0.3)
     evaluator = Evaluator(cfg, engine.model, lambda s: None, "{label}")
