@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer import health, wiring
 from streamer.checkpoint import Checkpointer, CheckpointError
+from streamer.collectors import PipelineCollector, PipelineView
 from streamer.config import Settings, config_hash
 from streamer.distributed import World
 from streamer.learner import resolve_device
@@ -23,7 +24,7 @@ from streamer.ledger import Ledger
 from streamer.lifecycle import Stopping
 from streamer.logs import set_level
 from streamer.manifest import ManifestError
-from streamer.metrics import Metrics, PipelineCollector, PipelineView
+from streamer.metrics import Metrics
 from streamer.model import ModelLoadError
 from streamer.persist import Persistence
 from streamer.pipeline import Engine, Outcome, build_engine

@@ -9,10 +9,7 @@ own is read at scrape time by a collector, never pushed (client_python's idiom).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
-import torch
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -24,15 +21,13 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
 
 from streamer import __version__
+from streamer.alignment import Diagnosis
 from streamer.codec import REASONS
 from streamer.config import DRIFT_SIGNALS, Settings, config_hash
 from streamer.evaluate import EvalReport
-from streamer.records import Partition, StepResult
-from streamer.source import SourceStats
+from streamer.records import StepResult
 
 P = "streamer_"
 STATES = ["starting", "restoring", "running", "paused", "draining", "failed"]
@@ -61,31 +56,53 @@ GAUGES = {
     "forgetting": ("quality_forgetting_average_ratio", "Mean forgetting over windows."),
     "bwt": ("quality_backward_transfer_ratio", "Backward transfer."),
     "misalignment_threshold": ("quality_misalignment_threshold",
-                               "Misalignment score that alerts (config)."),
+                               "Alignment deficit that counts as misaligned (config)."),
+    "deficit": ("quality_alignment_deficit_ratio",
+                "Cross-modal top-1 below what the images alone separate (kNN), mean by class."),
+    "deficit_lost": ("quality_alignment_deficit_lost_ratio",
+                     "The part of the deficit a tower swapped back to the base recovers."),
+    "separable": ("quality_image_separability_ratio",
+                  "Leave-one-out kNN top-1 of probe images by class."),
+    "misaligned": ("quality_misaligned",
+                   "1 while the deficit has stayed over the threshold for the window."),
+    "retention": ("quality_retention_ratio", "Reference accuracy now minus at step 0."),
+    "forward_transfer": ("quality_forward_transfer_ratio", "Mean of a[j-1][j] - a[0][j]."),
+    "class_forgetting": ("quality_class_forgetting_average_ratio", "Mean per-class forgetting."),
+    "windows_left_out": ("quality_windows_left_out",
+                         "Tracked windows on too few probes to enter the means."),
     "reload_ok": ("config_last_reload_successful", "1 if the last config (re)load was accepted."),
     "reload_time": ("config_last_reload_success_timestamp_seconds",
                     "Time of the last accepted config."),
 }  # fmt: skip
-LABELLED = {  # attribute: (kind, name, help, label)
-    "invalid": (Counter, "records_invalid_total", "Refused records.", "reason"),
-    "alarms": (Counter, "drift_alarms_total", "Drift detector alarms.", "signal"),
+LABELLED = {  # attribute: (kind, name, help, labels)
+    "invalid": (Counter, "records_invalid_total", "Refused records.", ["reason"]),
+    "alarms": (Counter, "drift_alarms_total", "Drift detector alarms.", ["signal"]),
     "window_accuracy": (Gauge, "quality_window_accuracy_ratio", "Probe accuracy per window.",
-                        "window"),
-    "uniformity": (Gauge, "quality_uniformity", "Uniformity per modality.", "modality"),
-    "recall": (Gauge, "quality_recall_at_1_ratio", "R@1 per direction.", "direction"),
+                        ["window"]),
+    "uniformity": (Gauge, "quality_uniformity", "Uniformity per modality.", ["modality"]),
+    "recall": (Gauge, "quality_recall_at_1_ratio", "R@1 per direction.", ["direction"]),
     "drift": (Gauge, "quality_drift_ratio", "1 - cos to the base model, per modality.",
-              "modality"),
+              ["modality"]),
+    "swap": (Gauge, "quality_tower_swap_accuracy_ratio",
+             "Probe top-1 with each tower now or swapped back to the base.", ["image", "text"]),
+    "blame": (Gauge, "quality_misalignment_blame_ratio",
+              "Deficit a swap of this tower back to the base recovers.", ["tower"]),
+    "blamed": (Gauge, "quality_blamed_tower", "1 for the tower the diagnosis names.", ["tower"]),
+    "class_deficit": (Gauge, "quality_class_alignment_deficit_ratio",
+                      "Alignment deficit of the classes that lost most (top k).", ["class"]),
+    "block_shift": (Gauge, "quality_block_delta_norm",
+                    "How far each block moved (LoRA: |scale B A|).", ["tower", "block"]),
+    "block_recovery": (Gauge, "quality_block_recovery_ratio",
+                       "Probe top-1 with the block's adapters off, minus now.",
+                       ["tower", "block"]),
 }  # fmt: skip
+TOP_CLASSES = 5  # per-class deficits exported (all of them are in the report)
+TOWERS = ("image", "text", "both", "none")
 ALIGNMENT = {
     "matched_cosine": ("quality_matched_cosine_ratio", "Mean cosine of matched probe pairs."),
     "modality_gap": ("quality_modality_gap", "Distance between image and text centroids."),
     "alignment": ("quality_alignment", "E|x-y|^2 over matched probe pairs (lower is better)."),
-    "structure_kl": ("quality_structure_kl", "KL of image-text similarities from the base model."),
-    "misalignment": ("quality_misalignment",
-                     "One-sided-drift-weighted structure KL, held over the window."),
-    "misalignment_instant": ("quality_misalignment_instant",
-                             "Misalignment score of the last evaluation alone."),
-}  # fmt: skip
+}
 
 
 class Metrics:
@@ -118,6 +135,20 @@ class Metrics:
     uniformity: Gauge
     recall: Gauge
     drift: Gauge
+    deficit: Gauge
+    deficit_lost: Gauge
+    separable: Gauge
+    misaligned: Gauge
+    retention: Gauge
+    forward_transfer: Gauge
+    class_forgetting: Gauge
+    windows_left_out: Gauge
+    swap: Gauge
+    blame: Gauge
+    blamed: Gauge
+    class_deficit: Gauge
+    block_shift: Gauge
+    block_recovery: Gauge
 
     def __init__(self, registry: CollectorRegistry, process: bool = True) -> None:
         r = self.registry = registry
@@ -125,8 +156,8 @@ class Metrics:
             setattr(self, attr, Counter(P + name, text, registry=r))
         for attr, (name, text) in GAUGES.items():
             setattr(self, attr, Gauge(P + name, text, registry=r))
-        for attr, (kind, name, text, label) in LABELLED.items():
-            setattr(self, attr, kind(P + name, text, [label], registry=r))
+        for attr, (kind, name, text, labels) in LABELLED.items():
+            setattr(self, attr, kind(P + name, text, labels, registry=r))
         self.alignment = {k: Gauge(P + n, t, registry=r) for k, (n, t) in ALIGNMENT.items()}
         self.build = Info(f"{P}build", "Version, model and training setup.", registry=r)
         self.config = Info(f"{P}config", "Hash of the config in force.", registry=r)
@@ -146,11 +177,13 @@ class Metrics:
             self.invalid.labels(reason)
         for signal in DRIFT_SIGNALS:
             self.alarms.labels(signal)
+        for tower in TOWERS:
+            self.blamed.labels(tower)
         if process:  # memory, file descriptors, CPU, GC: leaks show on the daemon's own page
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        self._windows: set[str] = set()
+        self._shown: dict[str, set[tuple[str, ...]]] = {}  # label sets of bounded families
 
     def observe_latencies(self, seconds: list[float]) -> None:
         for value in seconds:
@@ -167,15 +200,16 @@ class Metrics:
         self.nonfinite.inc(result.skipped_nonfinite)
 
     def observe_report(self, report: EvalReport) -> None:
-        for window in self._windows - report.accuracy.keys():  # dropped: keep labels bounded
-            self.window_accuracy.remove(window)
-        self._windows = set(report.accuracy)
-        for window, accuracy in report.accuracy.items():
-            self.window_accuracy.labels(window).set(accuracy)
-        self.a_auc.set(report.a_auc)
-        self.a_last.set(report.a_last)
-        self.forgetting.set(report.average_forgetting)
-        self.bwt.set(report.bwt)
+        self._show(self.window_accuracy, "windows", {(w,): a for w, a in report.accuracy.items()})
+        for gauge, value in ((self.a_auc, report.a_auc), (self.a_last, report.a_last),
+                             (self.forgetting, report.average_forgetting), (self.bwt, report.bwt),
+                             (self.forward_transfer, report.average_forward_transfer),
+                             (self.class_forgetting, report.average_class_forgetting),
+                             (self.windows_left_out, len(report.left_out)),
+                             (self.misaligned, report.misaligned)):  # fmt: skip
+            gauge.set(value)
+        if "reference" in report.retention:
+            self.retention.set(report.retention["reference"])
         a = report.alignment
         if a:
             for key, gauge in self.alignment.items():
@@ -185,8 +219,43 @@ class Metrics:
             for modality in ("image", "text"):
                 self.uniformity.labels(modality).set(a[f"uniformity_{modality}"])
                 self.drift.labels(modality).set(a[f"{modality}_drift"])
+        if report.diagnosis is not None:
+            self._observe_diagnosis(report.diagnosis)
+        if report.blocks:
+            self._show(
+                self.block_shift,
+                "blocks",
+                {(b.tower, str(b.block)): b.delta_norm for b in report.blocks},
+            )
+            self._show(self.block_recovery, "recovery", {(b.tower, str(b.block)): b.recovery
+                       for b in report.blocks if b.recovery is not None})  # fmt: skip
         for signal in report.alarms:
             self.alarms.labels(signal).inc()
+
+    def _observe_diagnosis(self, d: Diagnosis) -> None:
+        self.deficit.set(d.deficit)
+        self.deficit_lost.set(d.lost)
+        self.separable.set(d.separable)
+        for (image, text), retrieval in (
+            (("now", "now"), d.swap.now), (("now", "base"), d.swap.text_base),
+            (("base", "now"), d.swap.image_base), (("base", "base"), d.swap.base),
+        ):  # fmt: skip
+            self.swap.labels(image, text).set(retrieval.accuracy)
+        for tower, value in (("image", d.image_blame), ("text", d.text_blame),
+                             ("both", d.both_blame)):  # fmt: skip
+            self.blame.labels(tower).set(value)
+        for tower in TOWERS:
+            self.blamed.labels(tower).set(1 if d.blame == tower else 0)
+        worst = {(c.text,): c.deficit for c in d.top(TOP_CLASSES)}
+        self._show(self.class_deficit, "classes", worst)
+
+    def _show(self, gauge: Gauge, key: str, values: dict[tuple[str, ...], float]) -> None:
+        """Set a bounded family to exactly these label sets: ones no longer shown leave."""
+        for gone in self._shown.get(key, set()) - values.keys():
+            gauge.remove(*gone)
+        self._shown[key] = set(values)
+        for labels, value in values.items():
+            gauge.labels(*labels).set(value)
 
     def describe(self, settings: Settings) -> None:
         """Build and config info; called at start and on every accepted reload."""
@@ -200,79 +269,3 @@ class Metrics:
         self.reload_time.set(time.time())
         self.config.info({"hash": config_hash(settings)})
         self.lr.set(learner.lr)
-
-
-@dataclass(frozen=True)
-class PipelineView:
-    """What the collector reads at scrape time; built from objects the daemon owns."""
-
-    source: SourceStats
-    offsets: dict[Partition, int] = field(default_factory=dict)  # next offset to account for
-    replay_items: int = 0
-    replay_bytes: int = 0
-    replay_capacity: int = 0
-    labels: int = 0
-    labels_capacity: int = 0
-
-
-class PipelineCollector:
-    """Source, ledger, replay and label-set figures, read when Prometheus scrapes."""
-
-    def __init__(self, read: Callable[[], PipelineView | None]) -> None:
-        self._read = read
-
-    def collect(self) -> Iterator[Metric]:
-        view = self._read()
-        if view is None:
-            return
-        s = view.source
-        lag = GaugeMetricFamily(f"{P}kafka_partition_lag_records",
-                                "Log end minus the next offset to account for.",
-                                labels=["topic", "partition"])  # fmt: skip
-        for (topic, partition), end in sorted(s.highwater.items()):
-            if (topic, partition) in s.assigned:
-                behind = max(0, end - view.offsets.get((topic, partition), 0))
-                lag.add_metric([topic, str(partition)], behind)
-        yield lag
-        yield _gauge("kafka_assigned_partitions", "Partitions owned.", len(s.assigned))
-        yield _gauge("kafka_buffered_records", "Records fetched, not yet trained.", s.buffered)
-        yield _gauge("kafka_paused", "1 while fetching is paused (backpressure).", s.paused)
-        if s.last_poll is not None:
-            yield _gauge("kafka_last_poll_timestamp_seconds", "Time of the last poll.",
-                         s.last_poll)  # fmt: skip
-        yield CounterMetricFamily(f"{P}kafka_rebalances", "Assignments received.",
-                                  value=s.rebalances)  # fmt: skip
-        yield _gauge("replay_items", "Samples held in the buffer.", view.replay_items)
-        yield _gauge("replay_capacity", "Buffer capacity.", view.replay_capacity)
-        yield _gauge("replay_bytes", "Encoded bytes held.", view.replay_bytes)
-        yield _gauge("learner_labels", "Label prompts held as scoring candidates.", view.labels)
-        yield _gauge("learner_labels_capacity", "Bound on label prompts held (config).",
-                     view.labels_capacity)  # fmt: skip
-        gpu = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
-        yield _gauge("gpu_memory_allocated_bytes", "CUDA memory (0 without a GPU).", gpu)
-
-
-def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(P + name, text, value=float(value))
-
-
-class _RankLabelled:
-    """Every sample of a registry with a `rank` label added (bounded by the world size)."""
-
-    def __init__(self, registry: CollectorRegistry, rank: int) -> None:
-        self.registry, self.rank = registry, str(rank)
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self.registry.collect():
-            out = Metric(family.name, family.documentation, family.type, family.unit)
-            for s in family.samples:
-                out.add_sample(s.name, {**s.labels, "rank": self.rank}, s.value, s.timestamp,
-                               s.exemplar)  # fmt: skip
-            yield out
-
-
-def with_rank(registry: CollectorRegistry, rank: int) -> CollectorRegistry:
-    """A registry serving `registry`'s metrics, each labelled with this process's rank."""
-    labelled = CollectorRegistry(auto_describe=False)
-    labelled.register(_RankLabelled(registry, rank))
-    return labelled

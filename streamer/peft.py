@@ -103,10 +103,42 @@ def lora_modules(net: nn.Module) -> Iterator[LoRADelta]:
     return (m for m in net.modules() if isinstance(m, LoRADelta))
 
 
+def block_adapters(net: nn.Module) -> dict[tuple[str, int], list[LoRADelta]]:
+    """The LoRA deltas of each attention block, keyed (tower, block index)."""
+    out = {}
+    for name, tower in zip(("image", "text"), towers(net, "both"), strict=True):
+        for i, block in enumerate(_blocks(tower)):
+            deltas = [m for m in block.modules() if isinstance(m, LoRADelta)]
+            if deltas:
+                out[(name, i)] = deltas
+    return out
+
+
+def block_shift(net: nn.Module, base: nn.Module) -> dict[tuple[str, int], float]:
+    """‖W − W_base‖ over each block's parameters (modes without adapters)."""
+    out = {}
+    pairs = zip(("image", "text"), towers(net, "both"), towers(base, "both"), strict=True)
+    for name, tower, tower0 in pairs:
+        for i, (block, block0) in enumerate(zip(_blocks(tower), _blocks(tower0), strict=True)):
+            squares = [
+                (p.detach() - p0.detach().to(p.device)).float().pow(2).sum()
+                for p, p0 in zip(block.parameters(), block0.parameters(), strict=True)
+            ]
+            out[(name, i)] = float(torch.stack(squares).sum().sqrt())
+    return out
+
+
+def delta_norm(deltas: list[LoRADelta]) -> float:
+    """‖scale · B A‖ over a block's adapters (Frobenius, all of them together)."""
+    with torch.no_grad():
+        squares = [(d.scale * d.lora_B @ d.lora_A).float().pow(2).sum() for d in deltas]
+        return float(torch.stack(squares).sum().sqrt())
+
+
 @contextmanager
-def adapters_disabled(net: nn.Module) -> Iterator[None]:
-    """Run the base model: every LoRA delta off for the duration."""
-    modules = list(lora_modules(net))
+def adapters_disabled(net: nn.Module, modules: list[LoRADelta] | None = None) -> Iterator[None]:
+    """Run without LoRA deltas (all of them: the base model; or just `modules`)."""
+    modules = list(lora_modules(net)) if modules is None else modules
     for m in modules:
         m.enabled = False
     try:

@@ -28,6 +28,8 @@ LIVE_FIELDS = (
     "learner.steps_per_batch", "learner.replay_per_step",
     "evaluation.eval_every", "evaluation.detectors",
     "evaluation.misalignment_threshold", "evaluation.misalignment_window",
+    "evaluation.min_probes", "evaluation.min_class_probes", "evaluation.blame_margin",
+    "evaluation.knn_k", "evaluation.attribution_every",
     "checkpoint.every_steps", "checkpoint.every_seconds", "checkpoint.keep",
     "logging.level", "logging.record_error_interval_seconds",
     "dead_letter.max_share", "dead_letter.window", "metrics.stall_seconds",

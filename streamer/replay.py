@@ -1,11 +1,20 @@
-"""Reservoir replay buffer (Vitter's Algorithm R) over encoded samples.
+"""Uniform replay over encoded samples: a bottom-k reservoir bounded by count and by bytes.
 
-Every sample seen so far is held with equal probability capacity / n. Images stay encoded
-(JPEG/PNG as received): 10-50x less memory than decoded tensors.
+Every sample gets a key drawn uniformly from [0, 1). The buffer holds exactly the samples
+seen so far whose key is below a threshold `tau`: while over `capacity` or `max_bytes`, the
+largest key held is evicted and becomes the new `tau`; a later sample enters only if its key
+is below `tau`. Membership depends on keys alone, never on arrival order, so every sample
+seen is held with the same probability (capacity / n without a byte budget, as Vitter's
+Algorithm R; with one, the buffer holds fewer but still uniformly drawn samples).
+
+Memory: images stay encoded (JPEG/PNG as received), 10-50x less than decoded tensors;
+`nbytes` is the encoded image plus UTF-8 text bytes held, the figure `max_bytes` bounds.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -15,18 +24,17 @@ from streamer.records import Sample
 
 
 class ReplayBuffer:
-    """Fixed-capacity uniform sample of the stream; optional budget on held image bytes.
-
-    With `max_bytes`, a sample that would exceed the budget is only admitted after enough
-    random residents are evicted (still uniform among residents; the count may fall below
-    capacity when images are large).
-    """
+    """A uniform sample of the stream, at most `capacity` items and `max_bytes` bytes."""
 
     def __init__(self, capacity: int, max_bytes: int | None = None, seed: int = 0) -> None:
         self.capacity = capacity
         self.max_bytes = max_bytes
-        self._rng = random.Random(seed)
-        self._items: list[Sample] = []
+        self._keys = random.Random(f"replay-keys-{seed}")  # membership: one key per sample
+        self._rng = random.Random(f"replay-draws-{seed}")  # sample(): independent of keys
+        self._heap: list[tuple[float, int]] = []  # (-key, slot): the largest key on top
+        self._items: dict[int, tuple[float, Sample]] = {}  # slot -> (key, sample)
+        self._next_slot = 0
+        self._tau = math.inf  # the smallest key ever evicted: the entry bar
         self._seen = 0
         self._nbytes = 0
 
@@ -39,55 +47,78 @@ class ReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of encoded images and texts held."""
+        """Encoded image bytes plus UTF-8 text bytes held (what `max_bytes` bounds)."""
         return self._nbytes
+
+    @property
+    def threshold(self) -> float:
+        """Keys below this are held; inf until the first eviction."""
+        return self._tau
 
     def add(self, sample: Sample) -> None:
         self._seen += 1
-        if self.capacity == 0:
+        key = self._keys.random()  # drawn for every sample, held or not: a fixed sequence
+        if key >= self._tau:
             return
-        if len(self._items) < self.capacity:
-            self._items.append(sample)
-            self._nbytes += _size(sample)
-        else:
-            slot = self._rng.randrange(self._seen)  # keep with probability capacity / seen
-            if slot >= self.capacity:
-                return
-            self._nbytes += _size(sample) - _size(self._items[slot])
-            self._items[slot] = sample
-        self._enforce_budget(keep=sample)
+        self._insert(key, sample)
+        self._enforce_budget()
 
-    def _enforce_budget(self, keep: Sample) -> None:
-        while self.max_bytes is not None and self._nbytes > self.max_bytes and len(self) > 1:
-            slot = self._rng.randrange(len(self._items))
-            if self._items[slot] is keep:
-                continue
-            victim = self._items[slot]
-            self._items[slot] = self._items[-1]
-            self._items.pop()
+    def _insert(self, key: float, sample: Sample) -> None:
+        slot, self._next_slot = self._next_slot, self._next_slot + 1
+        self._items[slot] = (key, sample)
+        heapq.heappush(self._heap, (-key, slot))
+        self._nbytes += _size(sample)
+
+    def _over_budget(self) -> bool:
+        over_bytes = self.max_bytes is not None and self._nbytes > self.max_bytes
+        return len(self._items) > self.capacity or over_bytes
+
+    def _enforce_budget(self) -> None:
+        """Evict the largest keys until both bounds hold; the last evicted key becomes tau."""
+        while self._items and self._over_budget():
+            neg_key, slot = heapq.heappop(self._heap)
+            _, victim = self._items.pop(slot)
             self._nbytes -= _size(victim)
+            self._tau = -neg_key
 
     def items(self) -> list[Sample]:
-        """The residents, in slot order (no randomness consumed)."""
-        return list(self._items)
+        """The residents in order of arrival (no randomness consumed)."""
+        return [self._items[slot][1] for slot in sorted(self._items)]
 
     def sample(self, k: int) -> list[Sample]:
         """k distinct residents (fewer if the buffer holds fewer), uniformly at random."""
-        return self._rng.sample(self._items, min(k, len(self._items)))
+        return self._rng.sample(self.items(), min(k, len(self._items)))
 
     def state_dict(self) -> dict[str, Any]:
+        """Plain lists, numbers, strings and bytes: loadable with torch.load(weights_only=True)."""
+        slots = sorted(self._items)
         return {
             "capacity": self.capacity,
+            "max_bytes": self.max_bytes,
             "seen": self._seen,
+            "tau": self._tau,
+            "keys": [self._items[s][0] for s in slots],
+            "items": [asdict(self._items[s][1]) for s in slots],
             "rng": _rng_state_to_list(self._rng.getstate()),
-            "items": [asdict(s) for s in self._items],
+            "key_rng": _rng_state_to_list(self._keys.getstate()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore; this buffer's own capacity and budget apply (a smaller one evicts)."""
+        samples = [Sample(**item) for item in state["items"]]
         self._seen = int(state["seen"])
         self._rng.setstate(_rng_state_from_list(state["rng"]))
-        self._items = [Sample(**item) for item in state["items"]][: self.capacity]
-        self._nbytes = sum(_size(s) for s in self._items)
+        if "keys" in state:
+            keys, self._tau = [float(k) for k in state["keys"]], float(state["tau"])
+            self._keys.setstate(_rng_state_from_list(state["key_rng"]))
+        else:  # an Algorithm R state: its residents are uniform, so give them uniform keys
+            evicted = len(samples) < self._seen
+            self._tau = len(samples) / self._seen if evicted else math.inf
+            keys = [self._keys.random() * min(self._tau, 1.0) for _ in samples]
+        self._heap, self._items, self._next_slot, self._nbytes = [], {}, 0, 0
+        for key, sample in zip(keys, samples, strict=True):
+            self._insert(key, sample)
+        self._enforce_budget()
 
 
 def _size(sample: Sample) -> int:

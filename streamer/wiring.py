@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from streamer.collectors import with_rank
 from streamer.config import MetricsConfig, Settings
 from streamer.distributed import World
 from streamer.health import Check, HealthServer
-from streamer.metrics import with_rank
 from streamer.source import Decode, Source
 
 

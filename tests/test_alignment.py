@@ -1,4 +1,4 @@
-"""Alignment measures on embeddings whose answers are known."""
+"""Alignment measures and the misalignment diagnosis on embeddings whose answers are known."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from streamer import alignment
+
+THRESHOLD = 0.2  # deficit that alarms in these cases
 
 
 def _unit(*rows: list[float]) -> torch.Tensor:
@@ -21,7 +23,6 @@ def test_perfectly_aligned_pairs():
     assert alignment.modality_gap(x, x) == pytest.approx(0.0)
     assert alignment.alignment(x, x) == pytest.approx(0.0)
     assert alignment.drift(x, x) == pytest.approx(0.0, abs=1e-7)
-    assert alignment.structure_kl(x, x, x, x, 10.0) == pytest.approx(0.0, abs=1e-6)
     assert alignment.recall_at_k(x, x, ["a", "b", "c"], 1) == (1.0, 1.0)
 
 
@@ -49,28 +50,134 @@ def test_recall_counts_identical_texts_as_one_target():
     assert alignment.recall_at_k(img, txt, texts, 2)[0] == pytest.approx(1.0)
 
 
-def test_drift_and_structure_kl_see_one_modality_move():
+def test_drift_sees_one_tower_move():
     img0 = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
-    txt0 = img0.clone()
-    rotated = _unit([0, 1, 0], [0, 0, 1], [1, 0, 0])  # images move, texts stay
+    rotated = _unit([0, 1, 0], [0, 0, 1], [1, 0, 0])
     assert alignment.drift(rotated, img0) == pytest.approx(1.0)
-    assert alignment.drift(txt0, txt0) == pytest.approx(0.0, abs=1e-7)
-    assert alignment.structure_kl(rotated, txt0, img0, txt0, 10.0) > 5.0
+    s = alignment.summarise(rotated, img0, img0, img0, ["a", "b", "c"])
+    assert s["image_drift"] == pytest.approx(1.0) and s["text_drift"] == pytest.approx(0.0)
 
 
-def test_misalignment_counts_one_sided_structure_change_only():
-    assert alignment.drift_asymmetry(0.2, 0.0) == 1.0
-    assert alignment.drift_asymmetry(0.1, 0.1) == 0.0
-    assert alignment.drift_asymmetry(0.0, 0.0) == 0.0  # nothing moved: nothing one-sided
-    assert alignment.drift_asymmetry(-1e-8, 0.0) == 0.0  # rounding below zero is no drift
-    assert alignment.misalignment(0.2, 0.0, 0.7) == pytest.approx(0.7)  # one tower: all of it
-    assert alignment.misalignment(0.1, 0.1, 0.7) == 0.0  # both alike: none of it
-    assert alignment.misalignment(0.3, 0.1, 0.8) == pytest.approx(0.8 * 0.5**2)
+def test_knn_leaves_each_image_out():
+    img = _unit([1, 0], [1, 0.1], [0, 1], [0.1, 1])
+    index = torch.tensor([0, 0, 1, 1])
+    assert alignment.knn_hits(img, index, k=1).tolist() == [True] * 4
+    # alone in its class, an image can only be voted into another class
+    assert alignment.knn_hits(img, torch.tensor([0, 0, 1, 2]), k=1).tolist()[2:] == [False] * 2
 
 
-def test_summary_scores_a_frozen_text_tower_by_its_structure_change():
-    img0 = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
-    moved = _unit([1, 0.5, 0], [0, 1, 0.5], [0.5, 0, 1])
-    s = alignment.summarise(moved, img0, img0, img0, ["a", "b", "c"], base_scale=10.0)
-    assert s["text_drift"] == pytest.approx(0.0, abs=1e-6)
-    assert s["misalignment"] == pytest.approx(s["structure_kl"]) and s["misalignment"] > 0
+# -- constructed cases: a base of ten well-separated classes, 20 probes each -----------------
+D, CLASSES, PER_CLASS = 32, 10, 20
+
+
+def _rotation(seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(D, D, generator=torch.Generator().manual_seed(seed)))
+    return q  # [D, D] orthogonal
+
+
+@pytest.fixture(scope="module")
+def base():
+    """img0, txt0 [200, D] and texts: images noisy around their class, offset by a modality
+    gap; texts at the class centres."""
+    g = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(CLASSES, D, generator=g), dim=1)
+    gap = 0.5 * F.normalize(torch.randn(D, generator=g), dim=0)
+    label = [c for c in range(CLASSES) for _ in range(PER_CLASS)]
+    txt0 = centres[label]
+    img0 = F.normalize(txt0 + 0.35 * torch.randn(len(label), D, generator=g) + gap, dim=1)
+    return img0, txt0, [f"a photo of a {c}" for c in label]
+
+
+def _near(x: torch.Tensor, noise: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    return F.normalize(x + noise * torch.randn(x.shape, generator=g), dim=1)
+
+
+def _diagnose(base, img, txt) -> alignment.Diagnosis:
+    img0, txt0, texts = base
+    return alignment.diagnose(img, txt, img0, txt0, texts, threshold=THRESHOLD)
+
+
+def test_a_healthy_base_has_no_deficit(base):
+    img0, txt0, _ = base
+    d = _diagnose(base, img0, txt0)
+    assert d.deficit < 0.05 and not d.alarm and d.blame == "none"
+    assert d.classes == CLASSES and d.probes == CLASSES * PER_CLASS
+    tight = _near(txt0, 0.05)
+    assert _diagnose(base, tight, txt0).deficit == 0.0  # well separated: none at all
+
+
+def test_both_towers_rotated_alike_stay_aligned(base):
+    img0, txt0, _ = base
+    r = _rotation(1)
+    d = _diagnose(base, img0 @ r, txt0 @ r)
+    assert not d.alarm and d.blame == "none"
+    assert d.deficit == pytest.approx(_diagnose(base, img0, txt0).deficit, abs=1e-6)
+    # swapping one tower back alone would break it: the swap sees both moved
+    assert d.swap.image_base.accuracy < 0.3 and d.swap.text_base.accuracy < 0.3
+
+
+def test_towers_rotated_differently_misalign_and_blame_both(base):
+    img0, txt0, _ = base
+    d = _diagnose(base, img0 @ _rotation(1), txt0 @ _rotation(2))
+    assert d.alarm and d.deficit > 0.4
+    assert d.blame == "both" and d.both_blame > 0.5
+    assert d.swap.now.accuracy < 0.3 and d.swap.base.accuracy > 0.7
+
+
+def test_the_image_tower_moved_onto_its_texts_stays_aligned(base):
+    img0, txt0, _ = base
+    moved = _near(txt0, 0.2)
+    assert alignment.drift(moved, img0) > 0.2  # it did move
+    d = _diagnose(base, moved, txt0)
+    assert not d.alarm and d.deficit < 0.05 and d.blame == "none"
+    assert d.swap.now.accuracy >= d.swap.base.accuracy
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_one_tower_rotated_misaligns_and_is_blamed(base, tower):
+    img0, txt0, _ = base
+    r = _rotation(3)
+    img, txt = (img0 @ r, txt0) if tower == "image" else (img0, txt0 @ r)
+    d = _diagnose(base, img, txt)
+    assert d.alarm and d.deficit > 0.4 and d.blame == tower
+    blames = {"image": d.image_blame, "text": d.text_blame}
+    other = "text" if tower == "image" else "image"
+    assert blames[tower] > 0.5 and abs(blames[other]) < 0.1
+    assert d.top(3) and all(c.deficit > 0.2 for c in d.top(3))
+
+
+def test_per_class_attribution_names_the_classes_that_lost_alignment(base):
+    img0, txt0, texts = base
+    broken = torch.tensor([t in ("a photo of a 3", "a photo of a 7") for t in texts])
+    img = torch.where(broken[:, None], img0 @ _rotation(4), img0)  # only two classes moved
+    d = alignment.diagnose(img, txt0, img0, txt0, texts, threshold=0.05)
+    assert {c.text for c in d.top(2)} == {"a photo of a 3", "a photo of a 7"}
+    assert all(c.image_recovery > 0.5 for c in d.top(2))
+    assert len(d.by_class) == CLASSES and all(c.deficit < 0.15 for c in d.by_class[2:])
+    assert d.alarm and d.blame == "image"  # the recovery is weighed where the deficit is
+
+
+def test_block_attribution_ranks_the_block_whose_removal_repairs():
+    norms = {("image", 0): 1.0, ("image", 1): 3.0, ("text", 0): 0.5, ("text", 1): 0.5}
+    ranked = alignment.block_attribution(norms, 0.4, {("image", 0): 0.8, ("image", 1): 0.45})
+    assert (ranked[0].tower, ranked[0].block) == ("image", 0)
+    assert ranked[0].recovery == pytest.approx(0.4) and ranked[0].share == pytest.approx(0.25)
+    only_norms = alignment.block_attribution(norms)
+    assert (only_norms[0].block, only_norms[0].recovery) == (1, None)
+    assert sum(b.share for b in only_norms if b.tower == "text") == pytest.approx(1.0)
+
+
+def test_a_concept_the_base_never_aligned_is_deficit_but_carries_no_blame(base):
+    img0, txt0, texts = base
+    g = torch.Generator().manual_seed(6)
+    new = torch.tensor([int(t.split()[-1]) >= 5 for t in texts])  # classes 5-9: new concepts
+    stray = F.normalize(torch.randn(CLASSES, D, generator=g), dim=1)
+    label = torch.tensor([int(t.split()[-1]) for t in texts])
+    txt0 = torch.where(new[:, None], stray[label], txt0)  # the base's texts miss them
+    img = torch.where(new[:, None], img0, img0 @ _rotation(7))  # old concepts: image moved
+    d = alignment.diagnose(img, txt0, img0, txt0, texts, threshold=THRESHOLD)
+    unlearned = [c for c in d.by_class if int(c.text.split()[-1]) >= 5]
+    assert d.alarm and all(c.both_recovery <= 0 for c in unlearned)
+    assert 0.2 < d.lost < d.deficit - 0.1  # part of the deficit is lost, part never learned
+    assert d.blame == "image" and d.image_blame > 0.5

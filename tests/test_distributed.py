@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import generate_latest
 
 from streamer import snapshot
+from streamer.collectors import with_rank
 from streamer.distributed import World
-from streamer.metrics import with_rank
 from streamer.pipeline import build_engine
 from streamer.records import id_hash
 

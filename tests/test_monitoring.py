@@ -163,7 +163,8 @@ def test_every_runbook_url_starts_with_the_one_base_kubernetes_deploys_configure
 def test_the_metric_reference_names_every_family_the_daemon_exports():
     from prometheus_client import CollectorRegistry
 
-    from streamer.metrics import Metrics, PipelineCollector, PipelineView
+    from streamer.collectors import PipelineCollector, PipelineView
+    from streamer.metrics import Metrics
     from streamer.source import SourceStats
 
     registry = CollectorRegistry()

@@ -1,8 +1,11 @@
-"""Reservoir buffer: uniform inclusion, sampling without replacement, budget, state."""
+"""Reservoir buffer: uniform inclusion with and without a byte budget, sampling, state."""
 
 from __future__ import annotations
 
 import random
+import statistics
+
+import torch
 
 from streamer.records import Sample
 from streamer.replay import ReplayBuffer
@@ -28,6 +31,15 @@ def _inclusion_counts(positions_held: list[list[int]], n: int, bins: int) -> lis
     return counts
 
 
+def _budget_run(seed: int, n: int, max_bytes: int) -> ReplayBuffer:
+    """Sizes 50-150 bytes drawn independently of position; the byte budget binds."""
+    sizes = random.Random(10_000 + seed)
+    buffer = ReplayBuffer(capacity=10_000, max_bytes=max_bytes, seed=seed)
+    for i in range(n):
+        buffer.add(_sample(i, size=sizes.randint(50, 150)))
+    return buffer
+
+
 def test_inclusion_is_uniform_over_the_stream():
     n, capacity, runs, bins = 100_000, 500, 10, 50
     held = []
@@ -40,6 +52,31 @@ def test_inclusion_is_uniform_over_the_stream():
     assert _chi_square(_inclusion_counts(held, n, bins)) < CHI2_49_P001
 
 
+def test_inclusion_stays_uniform_when_the_byte_budget_binds():
+    # About 190 samples fit 20 kB, far below the capacity: the budget alone decides.
+    n, runs, bins = 20_000, 30, 50
+    held = []
+    for seed in range(runs):
+        buffer = _budget_run(seed, n, max_bytes=20_000)
+        assert 150 < len(buffer) < 10_000 and buffer.nbytes <= 20_000
+        held.append([int(s.id) for s in buffer.items()])
+    assert _chi_square(_inclusion_counts(held, n, bins)) < CHI2_49_P001
+
+
+def test_held_samples_are_as_old_as_uniformity_predicts_under_a_budget():
+    # Uniform over n positions: the median age is n / 2. A recency window (the old bug: every
+    # new sample admitted once the budget bound) has a median age of a few dozen.
+    n, runs = 10_000, 20
+    medians = []
+    for seed in range(runs):
+        buffer = _budget_run(seed, n, max_bytes=20_000)
+        ages = [n - 1 - int(s.id) for s in buffer.items()]
+        medians.append(statistics.median(ages))
+        assert medians[-1] > n / 4
+    # the mean of 20 medians of ~190 uniforms has a standard deviation of about 0.008 n
+    assert abs(statistics.mean(medians) - n / 2) < 0.03 * n
+
+
 def test_the_uniformity_check_rejects_a_biased_buffer():
     # A "keep the latest" buffer of the same size must fail the same statistic.
     n, capacity, runs, bins = 100_000, 500, 10, 50
@@ -48,6 +85,15 @@ def test_the_uniformity_check_rejects_a_biased_buffer():
     rng = random.Random(0)  # and half-uniform over the first half only
     held = [rng.sample(range(n // 2), capacity) for _ in range(runs)]
     assert _chi_square(_inclusion_counts(held, n, bins)) > CHI2_49_P001
+
+
+def test_held_samples_are_exactly_those_below_the_threshold():
+    buffer = _budget_run(seed=5, n=3_000, max_bytes=5_000)
+    keys = buffer.state_dict()["keys"]
+    assert max(keys) < buffer.threshold
+    fresh = ReplayBuffer(capacity=10_000, max_bytes=5_000, seed=5)
+    all_keys = [fresh._keys.random() for _ in range(3_000)]  # the same key sequence
+    assert sorted(keys) == sorted(k for k in all_keys if k < buffer.threshold)
 
 
 def test_sample_is_without_replacement_and_bounded():
@@ -75,15 +121,43 @@ def test_byte_budget_is_respected_and_nbytes_is_exact():
     assert 0 < len(buffer) <= 1_000 // 90
 
 
-def test_state_round_trip_continues_identically():
-    a = ReplayBuffer(64, seed=3)
+def test_a_sample_larger_than_the_budget_is_never_held():
+    buffer = ReplayBuffer(10, max_bytes=100, seed=0)
+    buffer.add(_sample(0, size=500))
+    assert len(buffer) == 0 and buffer.nbytes == 0 and buffer.seen == 1
+
+
+def test_state_round_trip_continues_identically_with_the_budget_active(tmp_path):
+    a = ReplayBuffer(64, max_bytes=3_000, seed=3)
     for i in range(1_000):
-        a.add(_sample(i))
-    b = ReplayBuffer(64, seed=999)
-    b.load_state_dict(a.state_dict())
+        a.add(_sample(i, size=30 + i % 50))
+    torch.save(a.state_dict(), tmp_path / "replay.pt")  # what the checkpoint does
+    b = ReplayBuffer(64, max_bytes=3_000, seed=999)
+    b.load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=True))
     for i in range(1_000, 2_000):
-        a.add(_sample(i))
-        b.add(_sample(i))
+        a.add(_sample(i, size=30 + i % 50))
+        b.add(_sample(i, size=30 + i % 50))
     assert [s.id for s in a.items()] == [s.id for s in b.items()]
     assert [s.id for s in a.sample(10)] == [s.id for s in b.sample(10)]
-    assert a.nbytes == b.nbytes
+    assert a.nbytes == b.nbytes and a.threshold == b.threshold
+
+
+def test_a_smaller_capacity_on_restore_evicts_the_largest_keys():
+    a = ReplayBuffer(100, seed=4)
+    for i in range(1_000):
+        a.add(_sample(i))
+    state = a.state_dict()
+    b = ReplayBuffer(40, seed=4)
+    b.load_state_dict(state)
+    smallest = sorted(zip(state["keys"], (s["id"] for s in state["items"]), strict=True))[:40]
+    assert sorted(s.id for s in b.items()) == sorted(i for _, i in smallest)
+    assert b.threshold == sorted(state["keys"])[40]
+
+
+def test_an_algorithm_r_state_still_loads():
+    old = {"capacity": 3, "seen": 10, "rng": ReplayBuffer(1).state_dict()["rng"],
+           "items": [{"id": str(i), "image": b"x", "text": "t"} for i in range(3)]}  # fmt: skip
+    buffer = ReplayBuffer(3, seed=0)
+    buffer.load_state_dict(old)
+    assert len(buffer) == 3 and buffer.seen == 10 and buffer.threshold == 0.3
+    assert max(buffer.state_dict()["keys"]) < 0.3

@@ -31,7 +31,15 @@ UNPLOTTED = {
 }
 # Panels whose query may rightly return no series on a healthy daemon (with the reason); the
 # end-to-end test requires data from every other panel.
-MAY_BE_EMPTY: dict[str, str] = {}
+MAY_BE_EMPTY: dict[str, str] = {
+    "Retention of the base's reference window (now minus step 0)":
+        "needs evaluation.reference_manifest",
+    "Classes that lost most alignment": "empty while no class has a deficit",
+    "Blocks: probe top-1 with the block's adapters off, minus now": "LoRA mode only",
+    "Forward transfer and per-class forgetting":
+        "NaN until measurable: forward transfer needs a window's probes before training on it "
+        "(blurry streams, a manifest), per-class forgetting a class measured twice",
+}
 
 
 def _panel(kind: str, title: str, exprs: list[tuple[str, str]], unit: str, w: int, **extra):
@@ -176,6 +184,25 @@ ROWS = {
             "percentunit",
             w=12,
         ),
+        ts(
+            "Retention of the base's reference window (now minus step 0)",
+            [(f"streamer_quality_retention_ratio{{{SEL}}}", "retention")],
+            "percentunit",
+        ),
+        ts(
+            "Forward transfer and per-class forgetting",
+            [
+                (f"streamer_quality_forward_transfer_ratio{{{SEL}}}", "forward transfer"),
+                (f"streamer_quality_class_forgetting_average_ratio{{{SEL}}}",
+                 "per-class forgetting"),
+            ],
+            "percentunit",
+        ),
+        stat(
+            "Windows left out (too few probes)",
+            [(f"streamer_quality_windows_left_out{{{SEL}}}", "")],
+            "short",
+        ),
     ],
     "Alignment & misalignment": [
         ts(
@@ -192,15 +219,52 @@ ROWS = {
             "none",
         ),
         ts(
-            "Misalignment (nats)",
+            "Alignment deficit",
             [
-                (f"streamer_quality_misalignment{{{SEL}}}", "held over the window"),
-                (f"streamer_quality_misalignment_instant{{{SEL}}}", "last evaluation"),
-                (f"streamer_quality_misalignment_threshold{{{SEL}}}", "alert threshold"),
+                (f"streamer_quality_alignment_deficit_ratio{{{SEL}}}", "deficit"),
+                (f"streamer_quality_alignment_deficit_lost_ratio{{{SEL}}}", "of it lost"),
+                (f"streamer_quality_misalignment_threshold{{{SEL}}}", "threshold"),
+                (f"streamer_quality_misaligned{{{SEL}}}", "misaligned (held)"),
             ],
+            "percentunit",
+        ),
+        ts(
+            "Tower swap: probe top-1",
+            [(f"streamer_quality_tower_swap_accuracy_ratio{{{SEL}}}",
+              "image {{image}}, text {{text}}")],
+            "percentunit",
+        ),
+        ts(
+            "Misalignment blame by tower",
+            [(f"streamer_quality_misalignment_blame_ratio{{{SEL}}}", "{{tower}}")],
+            "percentunit",
+        ),
+        stat(
+            "Blamed tower",
+            [(f"streamer_quality_blamed_tower{{{SEL}}} == 1", "{{tower}}")],
+            "none",
+            options=NAME_ONLY,
+        ),
+        ts(
+            "Classes that lost most alignment",
+            [(f"streamer_quality_class_alignment_deficit_ratio{{{SEL}}}", "{{class}}")],
+            "percentunit",
+        ),
+        ts(
+            "Image separability (kNN of the images alone)",
+            [(f"streamer_quality_image_separability_ratio{{{SEL}}}", "kNN top-1")],
+            "percentunit",
+        ),
+        ts(
+            "Blocks: how far each moved",
+            [(f"streamer_quality_block_delta_norm{{{SEL}}}", "{{tower}} {{block}}")],
             "none",
         ),
-        ts("Similarity-structure KL", [(f"streamer_quality_structure_kl{{{SEL}}}", "KL")], "none"),
+        ts(
+            "Blocks: probe top-1 with the block's adapters off, minus now",
+            [(f"streamer_quality_block_recovery_ratio{{{SEL}}}", "{{tower}} {{block}}")],
+            "percentunit",
+        ),
         ts(
             "Recall@1",
             [(f"streamer_quality_recall_at_1_ratio{{{SEL}}}", "{{direction}}")],

@@ -135,17 +135,67 @@ class EvaluationConfig(Section):
     misalignment_threshold: float = Field(
         0.15,
         gt=0,
-        description="Misalignment score (nats) above which the towers count as drifting "
-        "apart: alert StreamerMisaligned.",
+        le=1,
+        description="Alignment deficit (0-1: how far cross-modal top-1 falls below "
+        "leave-one-out kNN of the images, mean over classes) above which the towers count as "
+        "misaligned: alert StreamerMisaligned.",
     )
     misalignment_window: int = Field(
         4,
         ge=1,
         le=100,
-        description="Evaluations a one-sided drift must persist to count: the score is the "
-        "least instant score over this many, so the transient of joint training right after a "
-        "shift (the image tower moves first) does not count.",
+        description="Evaluations in a row the deficit must stay over the threshold.",
+    )
+    min_probes: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="Probes a window needs for its accuracy to count: cells on fewer enter no "
+        "mean (A_last, A_auc, forgetting, BWT, FWT) and show blank.",
+    )
+    max_classes: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Classes (labels) kept for per-class forgetting: the most recently evaluated.",
+    )
+    min_class_probes: int = Field(
+        5,
+        ge=1,
+        le=10_000,
+        description="Probes a class needs in an evaluation for its accuracy to count in "
+        "per-class forgetting.",
+    )
+    blame_margin: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Accuracy that swapping one tower back to the base must recover, and lead "
+        "the other tower's recovery by, for the blame to name that tower.",
+    )
+    attribution_every: int = Field(
+        10,
+        ge=0,
+        description="Evaluations between per-block attributions (which blocks moved; with "
+        "LoRA, the accuracy with each block's adapters off: one forward pass per block). "
+        "0 = never.",
+    )
+    knn_k: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Neighbours of the leave-one-out kNN measuring what the image embeddings "
+        "alone separate.",
     )
     detectors: dict[DriftSignal, DetectorConfig] = Field(
         default_factory=_default_detectors, description="Drift detector per signal."
     )
+
+    @model_validator(mode="after")
+    def _windows_can_be_measured(self) -> EvaluationConfig:
+        if self.min_probes > self.probe_per_window:
+            raise ValueError(
+                f"min_probes ({self.min_probes}) is more than probe_per_window "
+                f"({self.probe_per_window}): no window could ever be measured"
+            )
+        return self

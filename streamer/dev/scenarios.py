@@ -27,27 +27,34 @@ REFERENCE_PROBES = 200
 
 @dataclass
 class Trace:
-    """The misalignment score and its parts at each evaluation of one run."""
+    """The misalignment diagnosis at each evaluation of one run (the step-0 one included)."""
 
     name: str
-    threshold: float
+    threshold: float  # alignment deficit that counts as misaligned
     samples: list[int] = field(default_factory=list)
-    misalignment: list[float] = field(default_factory=list)  # held over the window
-    instant: list[float] = field(default_factory=list)
+    deficit: list[float] = field(default_factory=list)  # base-free alignment deficit
+    lost: list[float] = field(default_factory=list)  # its part that the base had aligned
+    misaligned: list[bool] = field(default_factory=list)  # deficit held over the window
+    blame: list[str] = field(default_factory=list)
+    image_blame: list[float] = field(default_factory=list)
+    text_blame: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)  # cross-modal top-1 over all probes
+    separable: list[float] = field(default_factory=list)  # kNN accuracy of images alone
     image_drift: list[float] = field(default_factory=list)
     text_drift: list[float] = field(default_factory=list)
-    structure_kl: list[float] = field(default_factory=list)
+    reference: list[float] = field(default_factory=list)  # accuracy on the pinned window
     alarms: list[int] = field(default_factory=list)  # samples at misalignment detector alarms
 
     def first_above(self) -> int | None:
-        """Trained samples at the first evaluation over the threshold (the detection delay)."""
-        return next(
-            (n for n, s in zip(self.samples, self.misalignment, strict=True) if s > self.threshold),
-            None,
-        )
+        """Trained samples at the first evaluation counted misaligned (the detection delay)."""
+        return next((n for n, m in zip(self.samples, self.misaligned, strict=True) if m), None)
+
+    def blame_when_detected(self) -> str | None:
+        first = self.first_above()
+        return None if first is None else self.blame[self.samples.index(first)]
 
     def evaluations_above(self) -> int:
-        return sum(s > self.threshold for s in self.misalignment)
+        return sum(self.misaligned)
 
 
 def _samples(items: list[Item], task: str) -> list[Sample]:
@@ -64,11 +71,13 @@ def _fashion(seed: int) -> list[Item]:
     return items
 
 
-def _settings(pretrained: Path | None, towers: str, lr: float, eval_every: int, seed: int):
+def _settings(
+    pretrained: Path | None, towers: str, lr: float, eval_every: int, seed: int, loss: str = "sit"
+):
     return Settings.model_validate({
         "model": {"arch": "streamer-tiny", "pretrained": str(pretrained) if pretrained else None,
                   "peft": {"mode": "full", "towers": towers}},
-        "learner": {"loss": "sit", "lr": lr, "batch_size": 32, "steps_per_batch": 1,
+        "learner": {"loss": loss, "lr": lr, "batch_size": 32, "steps_per_batch": 1,
                     "replay_per_step": 0, "seed": seed},
         "replay": {"capacity": 0},
         "evaluation": {"probe_fraction": 0.05, "probe_per_window": 100, "eval_every": eval_every},
@@ -106,27 +115,36 @@ def run(
     kind: Stream,
     seed: int = 0,
     lr: float = 1e-4,
+    loss: Literal["sit", "clip", "asymmetric"] = "sit",
     eval_every: int = 320,
 ) -> Trace:
-    """Tune `towers` of the base model on a stream; the score at every evaluation."""
-    settings = _settings(base, towers, lr, eval_every, seed)
+    """Tune `towers` of the base model on a stream with `loss`; the diagnosis at every
+    evaluation (`asymmetric` on the text tower pushes old classes' texts away)."""
+    settings = _settings(base, towers, lr, eval_every, seed, loss)
     engine = build_engine(settings)
     engine.evaluator = Evaluator(
         settings.evaluation, engine.model, engine.decoder.pixels,
         settings.learner.prompt_template, reference(seed),
     )  # fmt: skip
-    trace = Trace(f"{towers} towers, {kind}", settings.evaluation.misalignment_threshold)
+    name = f"{towers} towers, {kind}" + ("" if loss == "sit" else f", {loss}")
+    trace = Trace(name, settings.evaluation.misalignment_threshold)
 
     def record(_: StepResult, report: EvalReport | None) -> None:
-        if report is None or not report.alignment:
+        if report is None or report.diagnosis is None:
             return
-        a = report.alignment
+        d, a = report.diagnosis, report.alignment
         trace.samples.append(report.samples)
-        trace.misalignment.append(a["misalignment"])
-        trace.instant.append(a["misalignment_instant"])
+        trace.deficit.append(d.deficit)
+        trace.lost.append(d.lost)
+        trace.misaligned.append(report.misaligned)
+        trace.blame.append(d.blame)
+        trace.image_blame.append(d.image_blame)
+        trace.text_blame.append(d.text_blame)
+        trace.accuracy.append(d.swap.now.accuracy)
+        trace.separable.append(d.separable)
         trace.image_drift.append(a["image_drift"])
         trace.text_drift.append(a["text_drift"])
-        trace.structure_kl.append(a["structure_kl"])
+        trace.reference.append(report.accuracy.get("reference", float("nan")))
         if "misalignment" in report.alarms:
             trace.alarms.append(report.samples)
 

@@ -64,7 +64,8 @@ def stop(job: subprocess.Popen, log: Path) -> str:
 def scaleout_config(tmp_path: Path, broker, topic: str, gather=False, **checkpoint) -> dict:
     return daemon_config(
         tmp_path, broker.bootstrap, topic,
-        evaluation={"probe_fraction": 0.0, "eval_every": 64, "probe_per_window": 16},
+        evaluation={"probe_fraction": 0.0, "eval_every": 64, "probe_per_window": 16,
+                    "min_probes": 8},
         learner={"batch_size": 8, "replay_per_step": 8, "steps_per_batch": 2},
         distributed={"backend": "gloo", "gather_features": gather},
         model={"arch": "streamer-tiny", "peft": {"mode": "full" if gather else "lora"}},
