@@ -136,6 +136,25 @@ def produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def pretrain(args: argparse.Namespace) -> int:
+    """A base model trained offline on the config's dataset stream (see dev/pretrain.py)."""
+    from streamer.dev.pretrain import pretrain as train_base
+
+    weights = train_base(_settings(args), args.out, epochs=args.epochs)
+    print(f"base model written to {weights} (card: {weights.with_suffix('.json')}, "
+          f"reference probes: {args.out / 'reference.jsonl'})")  # fmt: skip
+    return 0
+
+
+def explain(args: argparse.Namespace) -> int:
+    """The misalignment diagnosis of a checkpoint, from its own probes; no broker needed."""
+    from streamer.explain import explain as diagnose
+
+    settings = _settings(args) if args.config else None
+    print(diagnose(args.checkpoint, settings))
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     """The main job end to end on the embedded broker with real data."""
     from streamer.dev.demo import run_demo
@@ -160,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         ("demo", demo, "the daemon end to end on the embedded broker with real data"),
         ("run", run, "run the daemon: learn from the configured topic"),
         ("produce", produce, "publish a dataset stream to the configured topic"),
+        ("pretrain", pretrain, "train a base model offline on the config's dataset stream"),
     ):
         sub = commands.add_parser(name, help=text)
         default = os.environ.get("STREAMER_CONFIG")  # the container sets it
@@ -168,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.set_defaults(handler=handler)
         if name == "demo":
             sub.add_argument("--out", type=Path, default=Path("demo-out"))
+        if name == "pretrain":
+            sub.add_argument("--out", type=Path, required=True, help="directory to write into")
+            sub.add_argument("--epochs", type=int, default=1, help="passes over the stream")
         if name == "produce":
             sub.add_argument("--rate", type=float, help="records per second (default: all at once)")
             sub.add_argument("--partitions", type=int, default=1, help="when creating the topic")
@@ -175,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("config", type=Path)
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     check.set_defaults(handler=check_config)
+    why = commands.add_parser("explain", help="diagnose a checkpoint: forgetting, alignment, blame")
+    why.add_argument("checkpoint", type=Path, help="a ckpt-N directory, or a checkpoint dir")
+    why.add_argument("--config", type=Path, help="default: the config the checkpoint recorded")
+    why.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    why.set_defaults(handler=explain)
     brk = commands.add_parser("broker", help="start the embedded Kafka-compatible broker")
     brk.add_argument("--port", type=int, default=9092)
     brk.add_argument("--host", default="0.0.0.0", help="address to listen on")

@@ -178,7 +178,11 @@ class Daemon:
         revocation.done.set()
 
     def _checkpoint(self, extra: frozenset = frozenset()) -> None:
-        meta = {"step": self.engine.learner.steps, "config_hash": config_hash(self.settings)}
+        meta = {
+            "step": self.engine.learner.steps,
+            "config_hash": config_hash(self.settings),
+            "config": self.settings.model_dump(mode="json"),
+        }  # secrets masked
         ckpt_id = self.persistence.save_and_commit(self.source, meta, extra)
         structlog.contextvars.bind_contextvars(checkpoint=ckpt_id)
 

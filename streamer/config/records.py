@@ -19,6 +19,9 @@ class StreamConfig(Section):
         "fashion-mnist", description="Which dataset to stream."
     )
     path: Path | None = Field(None, description="IDX directory or JSONL manifest path.")
+    split: Literal["train", "test"] = Field(
+        "train", description="Fashion-MNIST's split (60,000 train or 10,000 test images)."
+    )
     tasks: int = Field(5, ge=1, description="Number of class-incremental tasks.")
     classes_per_task: int | None = Field(None, ge=1, description="Default: classes / tasks.")
     blurry: float = Field(0.0, ge=0, le=1, description="Share of each task drawn from others.")

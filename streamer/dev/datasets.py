@@ -98,7 +98,7 @@ def _file_reader(path: Path) -> Callable[[str], bytes]:
 
 def load(cfg: StreamConfig) -> list[Item]:
     if cfg.dataset == "fashion-mnist":
-        return fashion_mnist(cfg.path)
+        return fashion_mnist(cfg.path, cfg.split)
     if cfg.dataset == "digits":
         return digits()
     if cfg.path is None:
