@@ -72,14 +72,20 @@ def _fashion(seed: int) -> list[Item]:
 
 
 def _settings(
-    pretrained: Path | None, towers: str, lr: float, eval_every: int, seed: int, loss: str = "sit"
+    pretrained: Path | None,
+    towers: str,
+    lr: float,
+    eval_every: int,
+    seed: int,
+    loss: str = "sit",
+    replay: int = 0,
 ):
     return Settings.model_validate({
         "model": {"arch": "streamer-tiny", "pretrained": str(pretrained) if pretrained else None,
                   "peft": {"mode": "full", "towers": towers}},
         "learner": {"loss": loss, "lr": lr, "batch_size": 32, "steps_per_batch": 1,
-                    "replay_per_step": 0, "seed": seed},
-        "replay": {"capacity": 0},
+                    "replay_per_step": 32 if replay else 0, "seed": seed},
+        "replay": {"capacity": replay, "seed": seed},
         "evaluation": {"probe_fraction": 0.05, "probe_per_window": 100, "eval_every": eval_every},
     })  # fmt: skip
 
@@ -117,16 +123,18 @@ def run(
     lr: float = 1e-4,
     loss: Literal["sit", "clip", "asymmetric"] = "sit",
     eval_every: int = 320,
+    replay: int = 0,
 ) -> Trace:
-    """Tune `towers` of the base model on a stream with `loss`; the diagnosis at every
-    evaluation (`asymmetric` on the text tower pushes old classes' texts away)."""
-    settings = _settings(base, towers, lr, eval_every, seed, loss)
+    """Tune `towers` of the base model on a stream with `loss` (and a reservoir of `replay`
+    samples, 32 mixed into each update); the diagnosis at every evaluation."""
+    settings = _settings(base, towers, lr, eval_every, seed, loss, replay)
     engine = build_engine(settings)
     engine.evaluator = Evaluator(
         settings.evaluation, engine.model, engine.decoder.pixels,
         settings.learner.prompt_template, reference(seed),
     )  # fmt: skip
-    name = f"{towers} towers, {kind}" + ("" if loss == "sit" else f", {loss}")
+    name = (f"{towers} towers, {kind}" + ("" if loss == "sit" else f", {loss}")
+            + (f", replay {replay}" if replay else ""))  # fmt: skip
     trace = Trace(name, settings.evaluation.misalignment_threshold)
 
     def record(_: StepResult, report: EvalReport | None) -> None:
