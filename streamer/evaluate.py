@@ -27,7 +27,7 @@ from streamer.drift import DriftMonitor
 from streamer.forgetting import AccuracyMatrix, ClassForgetting
 from streamer.model import ClipModel
 from streamer.probes import Embedded, ProbeEmbeddings, hits_by_group
-from streamer.records import Sample, StepResult, id_hash
+from streamer.records import Sample, StepResult, id_hash, window_of
 from streamer.replay import ReplayBuffer
 
 EvalKind = Literal["base", "periodic", "boundary", "final"]
@@ -106,9 +106,7 @@ class Evaluator:
         self.monitor.retune(cfg.detectors)
 
     def window_of(self, sample: Sample) -> str:
-        if sample.task is not None:
-            return sample.task
-        return f"t{int(sample.ts // self.cfg.window_seconds)}"
+        return window_of(sample, self.cfg.window_seconds)
 
     def is_probe(self, sample: Sample) -> bool:
         return probe_bucket(sample.id) < self.cfg.probe_fraction

@@ -20,6 +20,8 @@ from streamer.labels import LabelSet
 from streamer.model import ClipModel
 from streamer.records import Pair, Sample, StepResult
 from streamer.replay import ReplayBuffer
+from streamer.strategies import Regularizer
+from streamer.teachers import Teachers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,9 +40,13 @@ class Learner:
         clock: Callable[[], float] = time.perf_counter,
         world: World | None = None,
         gather_features: bool = False,
+        teachers: Teachers | None = None,
+        regularizer: Regularizer | None = None,
     ) -> None:
         self.model = model
         self.world = world or World()  # gradients are averaged over its ranks
+        self.teachers = teachers  # EMA and window snapshots, kept up to date here
+        self.regularizer = regularizer  # a term toward a teacher (None: SIT alone)
         self.gather_features = gather_features
         self.replay = replay
         self.cfg = cfg
@@ -141,7 +147,10 @@ class Learner:
             with self._autocast():
                 img = self.model.encode_images(_pixels(batch)) if batch else self._no_rows()
                 scale = self.model.logit_scale()
-                loss = self._loss(img, self._prompts(batch), scale, gather=gather)
+                prompts = self._prompts(batch)
+                loss = self._loss(img, prompts, scale, gather=gather)
+                if self.regularizer is not None and batch:
+                    loss = loss + self.regularizer.term(batch, img, prompts, scale)
         finite = loss is None or bool(torch.isfinite(loss))
         if loss is not None and batch and finite:
             loss.backward()
@@ -155,6 +164,8 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
+        if self.teachers is not None:
+            self.teachers.after_update()
         return float(loss.detach()) if loss is not None else None
 
     def _gathering(self) -> bool:
@@ -178,7 +189,8 @@ class Learner:
         if gather:
             return self._global_sit(img, prompts, scale)
         texts, target = losses.unique_targets(prompts)
-        return losses.sit(img, self.model.encode_texts(texts), target.to(img.device), scale)
+        txt = self.model.encode_texts(texts)
+        return losses.sit(img, txt, target.to(img.device), scale, self._both_directions)
 
     def _global_sit(self, img: torch.Tensor, prompts: list[str], scale: torch.Tensor):
         """SIT over every rank's rows: negatives and shared positives span the global batch."""
@@ -193,7 +205,12 @@ class Learner:
         # Every contributing rank computes this same loss with the same scale: give each a
         # 1/ranks share of the scale's gradient, so their sum is the loss's own gradient.
         scale = scale / ranks + (scale * (1 - 1 / ranks)).detach()
-        return losses.sit(img, txt[list(first.values())], target.to(img.device), scale)
+        txt = txt[list(first.values())]
+        return losses.sit(img, txt, target.to(img.device), scale, self._both_directions)
+
+    @property
+    def _both_directions(self) -> bool:
+        return self.cfg.sit_directions == "both"
 
     def _prompts(self, batch: Sequence[Pair]) -> list[str]:
         return [p.sample.prompt(self.cfg.prompt_template) for p in batch]
@@ -217,6 +234,8 @@ class Learner:
             "samples": self.samples,
             "skipped_nonfinite": self.skipped_nonfinite,
             "torch_rng": torch.get_rng_state(),
+            "teachers": self.teachers.state_dict() if self.teachers else None,
+            "regularizer": self.regularizer.state_dict() if self.regularizer else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -227,6 +246,10 @@ class Learner:
         self.samples = int(state["samples"])
         self.skipped_nonfinite = int(state["skipped_nonfinite"])
         torch.set_rng_state(state["torch_rng"])
+        if self.teachers is not None:
+            self.teachers.load_state_dict(state.get("teachers"))
+        if self.regularizer is not None:
+            self.regularizer.load_state_dict(state.get("regularizer"))
 
 
 def _pixels(batch: Sequence[Pair]) -> torch.Tensor:

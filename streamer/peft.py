@@ -34,10 +34,17 @@ class LoRADelta(nn.Module):
         # Parametrizations see weights, not activations: dropout acts on the A factor.
         self.dropout = nn.Dropout(cfg.dropout)
         self.enabled = True
+        self.override: torch.Tensor | None = None  # a teacher's delta [out, in], while viewed
+
+    def delta(self) -> torch.Tensor:
+        """The adapter's current scale * B @ A [out, in] (no dropout), with its gradient."""
+        return self.scale * self.lora_B @ self.lora_A
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return weight
+        if self.override is not None:
+            return weight + self.override.to(weight.dtype)
         delta = self.lora_B @ self.dropout(self.lora_A)  # [out, in]
         return weight + self.scale * delta.to(weight.dtype)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ from streamer.evaluate import REFERENCE, EvalReport, Evaluator
 from streamer.learner import Learner, resolve_device
 from streamer.manifest import ManifestError, read_manifest
 from streamer.model import ClipModel
-from streamer.records import DecodeError, Pair, Sample, StepResult
+from streamer.records import DecodeError, Pair, Sample, StepResult, window_of
 from streamer.replay import ReplayBuffer
+from streamer.replay_policies import build_replay
+from streamer.strategies import Regularizer
+from streamer.teachers import Teachers, View
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,23 @@ class Engine:
     replay: ReplayBuffer
     learner: Learner
     evaluator: Evaluator
+    teachers: Teachers | None = None  # EMA, window snapshots, the served view
+    serve: View = "student"  # what is evaluated: the trained weights, their EMA, a blend
+    wise_alpha: float = 1.0
 
     def to_pair(self, sample: Sample) -> Pair:
         return self.decoder.pair(sample)
+
+    def serving(self):
+        """The model as it is evaluated (and exported): trained, EMA or WiSE-FT."""
+        if self.teachers is None or self.serve == "student":
+            return nullcontext()
+        return self.teachers.view(self.serve, self.wise_alpha)
+
+    def evaluate(self) -> EvalReport:
+        """An evaluation out of the schedule, of the served model."""
+        with self.serving():
+            return self.evaluator.evaluate(self.learner.labels)
 
     def learn(self, pairs: Sequence[Pair], step_anyway: bool = False) -> Outcome:
         """Hold out the probe slice; test-then-train on the rest; evaluate when due.
@@ -53,9 +71,13 @@ class Engine:
                 self.learner.idle_step()
             return Outcome(None, None, probes=len(pairs))
         labels = self.learner.labels
-        boundary = self.evaluator.before_step([p.sample for p in train], labels)  # row closes
+        with self.serving():
+            boundary = self.evaluator.before_step([p.sample for p in train], labels)  # closes
+        if boundary is not None and self.teachers is not None:
+            self.teachers.window_closed()  # the previous-phase teacher
         result = self.learner.step(train)
-        periodic = self.evaluator.after_step(result, self.learner.labels)
+        with self.serving():
+            periodic = self.evaluator.after_step(result, self.learner.labels)
         return Outcome(result, periodic or boundary, probes=len(pairs) - len(train))
 
     def state_dict(self) -> dict[str, Any]:
@@ -77,20 +99,43 @@ def build_engine(settings: Settings, world: World | None = None) -> Engine:
     world = world or World()
     device = local_device(resolve_device(settings.learner.device), world.local_rank)
     model = ClipModel(settings.model, device, seed=settings.learner.seed)
-    template = settings.learner.prompt_template
+    learning, template = settings.learner, settings.learner.prompt_template
     decoder = Decoder(settings.kafka.codec, settings.records, model.pixels, model.tokenizer,
                       template)  # fmt: skip
-    replay = ReplayBuffer(
-        settings.replay.capacity, settings.replay.max_bytes, settings.replay.seed + world.rank
-    )  # each rank's reservoir draws differently
-    learner = Learner(model, replay, settings.learner, decoder.pair, world=world,
-                      gather_features=settings.distributed.gather_features)  # fmt: skip
+    seconds = settings.evaluation.window_seconds
+    replay = build_replay(settings.replay, settings.replay.seed + world.rank,
+                          lambda s: window_of(s, seconds))  # fmt: skip  # each rank draws its own
+    teachers = Teachers(model, learning.ema_decay, learning.keeps_ema)
+    regularizer = _regularizer(settings, model, teachers, replay, decoder)
+    learner = Learner(model, replay, learning, decoder.pair, world=world,
+                      gather_features=settings.distributed.gather_features,
+                      teachers=teachers if learning.keeps_ema or regularizer else None,
+                      regularizer=regularizer)  # fmt: skip
     reference = reference_probes(settings.evaluation.reference_manifest, decoder, template)
     evaluator = Evaluator(settings.evaluation, model, decoder.pixels, template, reference)
-    return Engine(model, decoder, replay, learner, evaluator)
+    return Engine(model, decoder, replay, learner, evaluator, teachers, learning.serve,
+                  learning.wise_alpha)  # fmt: skip
 
 
-def reference_probes(manifest: Path | None, decoder: Decoder, template: str) -> list[Sample]:
+def _regularizer(settings: Settings, model, teachers, replay, decoder) -> Regularizer | None:
+    cfg = settings.learner.regularizer
+    if cfg.kind == "none":
+        return None
+    references = None
+    if cfg.kind == "logits":
+        if cfg.source == "manifest":
+            held = [decoder.pair(s) for s in reference_probes(cfg.manifest, decoder,
+                    settings.learner.prompt_template, task="distill")]  # fmt: skip
+            references = lambda k, rng: rng.sample(held, min(k, len(held)))  # noqa: E731
+        else:
+            references = lambda k, rng: [decoder.pair(s) for s in replay.sample(k)]  # noqa: E731
+    return Regularizer(cfg, model, teachers, references, settings.learner.prompt_template,
+                       settings.learner.seed)  # fmt: skip
+
+
+def reference_probes(
+    manifest: Path | None, decoder: Decoder, template: str, task: str = REFERENCE
+) -> list[Sample]:
     """The fixed reference probe set of a JSONL manifest, as samples of window 'reference';
     every image is decoded once here, so a bad one stops start-up with its line named."""
     if manifest is None:
@@ -104,8 +149,8 @@ def reference_probes(manifest: Path | None, decoder: Decoder, template: str) -> 
         text = entry.text or (template.format(label=entry.label) if entry.label else None)
         if not text:
             raise ManifestError(f"{manifest}: {entry.key}: needs a text or a label")
-        sample = Sample(id=f"reference-{entry.key}", image=image, text=text, label=entry.label,
-                        task=REFERENCE)  # fmt: skip
+        sample = Sample(id=f"{task}-{entry.key}", image=image, text=text, label=entry.label,
+                        task=task)  # fmt: skip
         try:
             decoder.pixels(sample)
         except DecodeError as exc:
@@ -126,4 +171,4 @@ def run_stream(
         outcome = engine.learn([engine.to_pair(s) for s in chunk])
         if on_step is not None and outcome.result is not None:
             on_step(outcome.result, outcome.report)
-    return engine.evaluator.evaluate(engine.learner.labels)
+    return engine.evaluate()

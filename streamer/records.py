@@ -73,6 +73,13 @@ class RawRecord:
     timestamp_ms: int = 0
 
 
+def window_of(sample: Sample, window_seconds: float) -> str:
+    """A record's window: its task, else the time bucket of its event time."""
+    if sample.task is not None:
+        return sample.task
+    return f"t{int(sample.ts // window_seconds)}"
+
+
 class DecodeError(ValueError):
     """A record that cannot become a training pair. `reason` is a short, bounded label."""
 

@@ -26,7 +26,7 @@ from streamer.records import Sample
 class ReplayBuffer:
     """A uniform sample of the stream, at most `capacity` items and `max_bytes` bytes."""
 
-    def __init__(self, capacity: int, max_bytes: int | None = None, seed: int = 0) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None, seed: int | str = 0) -> None:
         self.capacity = capacity
         self.max_bytes = max_bytes
         self._keys = random.Random(f"replay-keys-{seed}")  # membership: one key per sample
@@ -54,6 +54,11 @@ class ReplayBuffer:
     def threshold(self) -> float:
         """Keys below this are held; inf until the first eviction."""
         return self._tau
+
+    def resize(self, capacity: int, max_bytes: int | None) -> None:
+        """New bounds (a policy's share); a smaller one evicts the largest keys at once."""
+        self.capacity, self.max_bytes = capacity, max_bytes
+        self._enforce_budget()
 
     def add(self, sample: Sample) -> None:
         self._seen += 1

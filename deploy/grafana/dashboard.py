@@ -32,13 +32,11 @@ UNPLOTTED = {
 # Panels whose query may rightly return no series on a healthy daemon (with the reason); the
 # end-to-end test requires data from every other panel.
 MAY_BE_EMPTY: dict[str, str] = {
-    "Retention of the base's reference window (now minus step 0)":
-        "needs evaluation.reference_manifest",
+    "Retention of the base's reference window (now minus step 0)": "needs evaluation.reference_manifest",
     "Classes that lost most alignment": "empty while no class has a deficit",
     "Blocks: probe top-1 with the block's adapters off, minus now": "LoRA mode only",
-    "Forward transfer and per-class forgetting":
-        "NaN until measurable: forward transfer needs a window's probes before training on it "
-        "(blurry streams, a manifest), per-class forgetting a class measured twice",
+    "Forward transfer and per-class forgetting": "NaN until measurable: forward transfer needs a window's probes before training on it "
+    "(blurry streams, a manifest), per-class forgetting a class measured twice",
 }
 
 
@@ -193,8 +191,10 @@ ROWS = {
             "Forward transfer and per-class forgetting",
             [
                 (f"streamer_quality_forward_transfer_ratio{{{SEL}}}", "forward transfer"),
-                (f"streamer_quality_class_forgetting_average_ratio{{{SEL}}}",
-                 "per-class forgetting"),
+                (
+                    f"streamer_quality_class_forgetting_average_ratio{{{SEL}}}",
+                    "per-class forgetting",
+                ),
             ],
             "percentunit",
         ),
@@ -230,8 +230,12 @@ ROWS = {
         ),
         ts(
             "Tower swap: probe top-1",
-            [(f"streamer_quality_tower_swap_accuracy_ratio{{{SEL}}}",
-              "image {{image}}, text {{text}}")],
+            [
+                (
+                    f"streamer_quality_tower_swap_accuracy_ratio{{{SEL}}}",
+                    "image {{image}}, text {{text}}",
+                )
+            ],
             "percentunit",
         ),
         ts(

@@ -8,6 +8,7 @@ from typing import Literal, get_args
 from pydantic import Field, model_validator
 
 from streamer.config.base import Section
+from streamer.config.strategies import RegularizerConfig
 
 
 class PeftConfig(Section):
@@ -40,7 +41,22 @@ class ModelConfig(Section):
 class ReplayConfig(Section):
     capacity: int = Field(2000, ge=0, description="Reservoir capacity in samples (0 = no replay).")
     max_bytes: int | None = Field(
-        None, ge=1, description="Optional budget on stored image bytes; oldest-slot eviction."
+        None,
+        ge=1,
+        description="Optional budget on held image and text bytes (the reservoir stays "
+        "uniform: it holds fewer samples).",
+    )
+    policy: Literal["reservoir", "per_window", "recent_and_reservoir"] = Field(
+        "reservoir",
+        description="reservoir: uniform over the stream; per_window: an equal share of "
+        "capacity and bytes per window (TiC-CLIP's Equal); recent_and_reservoir: a share for "
+        "the current window, the rest uniform over the stream (TiC-CLIP's Exp flavour).",
+    )
+    recent_share: float = Field(
+        0.5, gt=0, lt=1, description="recent_and_reservoir: the current window's share."
+    )
+    max_windows: int = Field(
+        16, ge=1, le=1000, description="per_window: windows held (the oldest leave first)."
     )
     seed: int = Field(0, description="Seed of the reservoir's random generator.")
 
@@ -70,6 +86,30 @@ class LearnerConfig(Section):
         "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU."
     )
     seed: int = Field(0, description="Seed for torch (LoRA init, dropout).")
+    sit_directions: Literal["both", "image_to_text"] = Field(
+        "both",
+        description="sit: image->text and text->image (ours), or image->text only (the paper's).",
+    )
+    regularizer: RegularizerConfig = Field(
+        RegularizerConfig(), description="A term toward a teacher, added to the loss."
+    )
+    ema_decay: float = Field(
+        0.99, gt=0, lt=1, description="Decay of the EMA of the trainable state (per update)."
+    )
+    serve: Literal["student", "ema", "wise"] = Field(
+        "student",
+        description="What is evaluated (and exported): the trained weights, their EMA (ZSCL's "
+        "weight averaging), or a WiSE-FT blend with the base.",
+    )
+    wise_alpha: float = Field(
+        0.5, ge=0, le=1, description="serve wise: base + alpha * (trained - base)."
+    )
+
+    @property
+    def keeps_ema(self) -> bool:
+        return self.serve == "ema" or (
+            self.regularizer.kind != "none" and self.regularizer.teacher == "ema"
+        )
 
     @model_validator(mode="after")
     def _template_has_label(self) -> LearnerConfig:

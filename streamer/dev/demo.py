@@ -65,7 +65,7 @@ def run_demo(settings: Settings, out: Path, every: int = 10) -> int:
               f"on {broker.bootstrap}; metrics on {url}")  # fmt: skip
         code = daemon.run()
         seconds = time.monotonic() - started
-    final = daemon.engine.evaluator.evaluate(daemon.engine.learner.labels)
+    final = daemon.engine.evaluate()  # the served model, as the daemon evaluates it
     history.append((daemon.ledger.counts["trained"], dict(final.accuracy)))
     print("\n" + summary_table(daemon.engine.evaluator.matrix, final))
     counts = daemon.ledger.counts
