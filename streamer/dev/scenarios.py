@@ -65,7 +65,9 @@ def _samples(items: list[Item], task: str) -> list[Sample]:
     ]  # fmt: skip
 
 
-def _fashion(seed: int) -> list[Item]:
+def fashion(seed: int) -> list[Item]:
+    """Fashion-MNIST's training split in a seeded order: pretraining takes the first
+    PRETRAIN_SAMPLES, the reference probes the last REFERENCE_PROBES."""
     items = datasets.fashion_mnist()
     random.Random(seed).shuffle(items)
     return items
@@ -93,7 +95,7 @@ def _settings(
 def pretrain(out: Path, samples: int = PRETRAIN_SAMPLES, seed: int = 0) -> Path:
     """A base model that knows Fashion-MNIST, saved as a plain open_clip state dict."""
     engine = build_engine(_settings(None, "both", 1e-3, eval_every=10**9, seed=seed))
-    run_stream(engine, _samples(_fashion(seed)[:samples], "pretrain"), batch_size=64)
+    run_stream(engine, _samples(fashion(seed)[:samples], "pretrain"), batch_size=64)
     engine.model.save_merged(out)
     return out
 
@@ -105,14 +107,14 @@ def stream(kind: Stream, seed: int = 0, epochs: int = 2) -> list[Sample]:
     digits = datasets.digits()
     random.Random(seed).shuffle(digits)
     shifted = _samples(digits, "shifted") * epochs
-    unseen = _fashion(seed)[PRETRAIN_SAMPLES : PRETRAIN_SAMPLES + len(shifted)]
+    unseen = fashion(seed)[PRETRAIN_SAMPLES : PRETRAIN_SAMPLES + len(shifted)]
     stationary = _samples(unseen, "stationary")
     return {"shifted": shifted, "stationary": stationary}.get(kind, stationary + shifted)
 
 
 def reference(seed: int = 0) -> list[Sample]:
     """Fashion-MNIST probes the base model knows, never trained on: window 'reference'."""
-    return _samples(_fashion(seed)[-REFERENCE_PROBES:], "reference")
+    return _samples(fashion(seed)[-REFERENCE_PROBES:], "reference")
 
 
 def run(
