@@ -32,11 +32,15 @@ UNPLOTTED = {
 # Panels whose query may rightly return no series on a healthy daemon (with the reason); the
 # end-to-end test requires data from every other panel.
 MAY_BE_EMPTY: dict[str, str] = {
-    "Retention of the base's reference window (now minus step 0)": "needs evaluation.reference_manifest",
+    "Retention of the base's reference window (now minus step 0)": (
+        "needs evaluation.reference_manifest"
+    ),
     "Classes that lost most alignment": "empty while no class has a deficit",
     "Blocks: probe top-1 with the block's adapters off, minus now": "LoRA mode only",
-    "Forward transfer and per-class forgetting": "NaN until measurable: forward transfer needs a window's probes before training on it "
-    "(blurry streams, a manifest), per-class forgetting a class measured twice",
+    "Forward transfer and per-class forgetting": (
+        "NaN until measurable: forward transfer needs a window's probes before training on it "
+        "(blurry streams, a manifest), per-class forgetting a class measured twice"
+    ),
 }
 
 
