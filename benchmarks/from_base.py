@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -116,20 +117,43 @@ def distill_manifest(out: Path, seed: int, count: int = 500) -> Path:
 
 
 def main(args, write) -> None:
-    """Every method on every seed; `write(results, seconds)` renders them."""
+    """Every method on every seed, then step times side by side; `write(results, steps,
+    seconds)` renders them."""
     results: list[dict[str, Any]] = []
     started = time.monotonic()
-    args.out.mkdir(parents=True, exist_ok=True)
-    for seed in args.seeds:
-        base = scenarios.pretrain(args.out / f".base-{seed}.safetensors", seed=seed)
-        distill = distill_manifest(args.out / ".distill", seed)
-        for method in args.methods or list(METHODS):
-            results.append(run(method, base, distill, seed, args.device))
-            r = results[-1]
-            print(
-                f"from-base seed {seed} {method:18s} A_last {r['a_last']:.3f} retention "
-                f"{r['retention']:+.3f} deficit {r['deficit']:.3f} step "
-                f"{r['step_seconds']:.3f} s ({time.monotonic() - started:.0f} s)",
-                flush=True,
-            )
-    write(results, time.monotonic() - started)
+    with tempfile.TemporaryDirectory() as tmp:  # bases and distillation images: not results
+        for seed in args.seeds:
+            base = scenarios.pretrain(Path(tmp) / f"base-{seed}.safetensors", seed=seed)
+            distill = distill_manifest(Path(tmp), seed)
+            for method in args.methods or list(METHODS):
+                results.append(run(method, base, distill, seed, args.device))
+                print(_line(results[-1], time.monotonic() - started), flush=True)
+        steps = step_times(args.methods or list(METHODS), base, distill)
+    write(results, steps, time.monotonic() - started)
+
+
+def step_times(methods: list[str], base: Path, distill: Path, rounds: int = 15) -> dict:
+    """Median seconds of one learner step per method, the methods interleaved round by round
+    on the same batches, so a load that comes and goes on a shared machine hits all alike."""
+    stream = digits_stream(0)
+    engines = {}
+    for method in methods:
+        engine = build_engine(settings(method, base, distill, 0, "cpu"))
+        for s in stream[:200]:  # a full replay buffer and references to draw from
+            engine.replay.add(s)
+        engines[method] = engine
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for i in range(rounds + 2):
+        batch = stream[200 + 32 * i : 232 + 32 * i]
+        for method, engine in engines.items():
+            started = time.perf_counter()
+            engine.learner.step([engine.to_pair(s) for s in batch])
+            if i >= 2:  # two warm-up rounds
+                times[method].append(time.perf_counter() - started)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+def _line(r: dict[str, Any], seconds: float) -> str:
+    return (f"from-base seed {r['seed']} {r['method']:18s} A_last {r['a_last']:.3f} retention "
+            f"{r['retention']:+.3f} deficit {r['deficit']:.3f} step {r['step_seconds']:.3f} s "
+            f"({seconds:.0f} s)")  # fmt: skip

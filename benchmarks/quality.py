@@ -135,7 +135,7 @@ def main() -> None:
         import from_base
         from quality_report import write_from_base
 
-        from_base.main(args, lambda results, seconds: write_from_base(results, args, seconds))
+        from_base.main(args, lambda res, steps, secs: write_from_base(res, steps, args, secs))
         return
     args.methods = args.methods or list(METHODS)
     runs: dict[str, list[dict[str, Any]]] = {}
