@@ -16,7 +16,7 @@ def test_demo_streams_through_the_embedded_broker_and_writes_summary_and_plot(tm
     config.write_text(
         "model: {arch: streamer-tiny}\n"
         "learner: {batch_size: 16, steps_per_batch: 1, replay_per_step: 8}\n"
-        "evaluation: {probe_fraction: 0.1, eval_every: 64}\n"
+        "evaluation: {probe_fraction: 0.1, eval_every: 64, min_probes: 4}\n"
         "stream: {dataset: digits, tasks: 3, per_class: 20}\n"
         "kafka: {topic: demo-test, max_poll_interval_ms: 5000, session_timeout_ms: 6000,"
         " heartbeat_interval_ms: 500}\n"
