@@ -50,6 +50,7 @@ class Run:
         self.dead = dead or MemoryDeadLetters()
         self.daemon = Daemon(settings, source=source, dead_letters=self.dead,
                              registry=CollectorRegistry(), on_step=on_step)  # fmt: skip
+        source._decode = self.daemon.engine.decoder.decode  # the daemon's own decoder
         self.code: int | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -80,9 +81,8 @@ def test_every_record_is_accounted_once_and_committed_only_after_its_checkpoint(
 ):
     samples = digit_stream[:70]
     records = _records(samples, bad={5: b"not json", 30: b"[1]"})
-    source = MemorySource(records, lambda raw: None)  # replaced below by the engine's decoder
+    source = MemorySource(records, lambda raw: None)  # Run gives it the daemon's decoder
     run = Run(_settings(tmp_path), source)
-    source._decode = run.daemon.engine.decoder.decode
     run.until(_all(len(records)))
     ledger = run.daemon.ledger
     good = [s for n, s in enumerate(samples) if n not in (5, 30)]
@@ -114,12 +114,10 @@ def test_a_crash_then_restart_counts_every_record_exactly_once(tmp_path, digit_s
     records = _records(digit_stream[:96])
     source = MemorySource(records, lambda raw: None)
     first = Run(_settings(tmp_path), source, on_step=_crash_after(5))
-    source._decode = first.daemon.engine.decoder.decode
     first.until(lambda d: False)
     assert isinstance(first.error, RuntimeError) and source.commits  # crashed mid-stream
     again = MemorySource(records, lambda raw: None, group=source.group)
     second = Run(_settings(tmp_path), again)
-    again._decode = second.daemon.engine.decoder.decode
     second.until(lambda d: d.ledger.offsets.get((TOPIC, 0)) == 48
                  and d.ledger.offsets.get((TOPIC, 1)) == 48)  # fmt: skip
     ledger = second.daemon.ledger
@@ -134,14 +132,12 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_its_records_trained_again(
     settings = _settings(tmp_path, checkpoint={"every_steps": 1, "keep": 5})
     source = MemorySource(records, lambda raw: None)
     first = Run(settings, source, on_step=_crash_after(6))
-    source._decode = first.daemon.engine.decoder.decode
     first.until(lambda d: False)
     newest = complete_checkpoints(tmp_path / "ckpt")[-1]
     assert source.commits[-1][1].startswith(newest.name)  # the group holds its offsets
     (newest / "weights.safetensors").write_bytes(b"truncated")
     again = MemorySource(records, lambda raw: None, group=source.group)
     second = Run(settings, again)
-    again._decode = second.daemon.engine.decoder.decode
     second.until(_all(len(records)))
     ledger, registry = second.daemon.ledger, second.daemon.metrics.registry
     assert ledger.accounted == len(records)  # nothing lost, nothing counted twice
@@ -155,7 +151,6 @@ def test_with_every_checkpoint_damaged_the_daemon_refuses_to_start(tmp_path, dig
     settings = _settings(tmp_path, checkpoint={"every_steps": 1, "keep": 2})
     source = MemorySource(records, lambda raw: None)
     first = Run(settings, source)
-    source._decode = first.daemon.engine.decoder.decode
     first.until(_all(len(records)))
     for path in complete_checkpoints(tmp_path / "ckpt"):
         (path / "meta.json").write_text("{garbled")
@@ -178,7 +173,6 @@ def test_revoked_partitions_are_checkpointed_and_committed_before_they_leave(
             revocations.append(source.revoke({(TOPIC, 0)}))
 
     run = Run(settings, source, on_step=on_step)
-    source._decode = run.daemon.engine.decoder.decode
     run.until(lambda d: revocations and revocations[0].done.is_set())
     assert len(source.commits) >= 1
     offsets, metadata = source.commits[0]  # the revocation's, before any periodic one
@@ -194,7 +188,6 @@ def test_a_flood_of_refusals_stops_the_daemon_and_commits_nothing_past_its_check
     settings = _settings(tmp_path, dead_letter={"window": 20, "max_share": 0.5})
     source = MemorySource(records, lambda raw: None)
     run = Run(settings, source)
-    source._decode = run.daemon.engine.decoder.decode
     run.until(lambda d: False)
     assert run.code == 1 and run.daemon.state == "failed"
     committed = [c[0].get((TOPIC, 0), 0) for c in source.commits]
@@ -215,7 +208,6 @@ def test_a_failed_source_fails_health_at_once_and_the_daemon_without_committing(
 
     settings = _settings(tmp_path, checkpoint={"every_steps": 1000, "every_seconds": 1000})
     run = Run(settings, source, on_step=on_step)
-    source._decode = run.daemon.engine.decoder.decode
     run.until(lambda d: False)
     assert seen == [(False, "failed: decode thread died: SystemError: boom")]
     assert run.code == 1 and run.daemon.state == "failed" and not source.commits
@@ -227,7 +219,6 @@ def test_dead_letters_must_be_durable_before_offsets_past_them_are_committed(
     records = _records(digit_stream[:32], partitions=1, bad={3: b"not json"})
     source = MemorySource(records, lambda raw: None)
     run = Run(_settings(tmp_path), source, dead=MemoryDeadLetters(broken=True))
-    source._decode = run.daemon.engine.decoder.decode
     run.until(lambda d: False)
     assert run.code == 1 and not source.commits
 

@@ -15,7 +15,6 @@ def test_explain_prints_the_diagnosis_and_the_blocks_of_a_daemons_checkpoint(
     settings = _settings(tmp_path, evaluation={"probe_fraction": 0.2, "min_probes": 4})
     source = MemorySource(records, lambda raw: None)
     run = Run(settings, source)
-    source._decode = run.daemon.engine.decoder.decode
     run.until(_all(len(records)))
     assert main(["explain", str(tmp_path / "ckpt")]) == 0  # the newest, its own config
     out = capsys.readouterr().out
