@@ -165,10 +165,12 @@ def test_the_metric_reference_names_every_family_the_daemon_exports():
 
     from streamer.collectors import PipelineCollector, PipelineView
     from streamer.metrics import Metrics
+    from streamer.publisher import PublishMetrics
     from streamer.source import SourceStats
 
     registry = CollectorRegistry()
     Metrics(registry, process=False)
+    PublishMetrics(registry)  # registered when publish.enabled
     registry.register(PipelineCollector(lambda: PipelineView(SourceStats(last_poll=1.0))))
     suffix = {"counter": "_total", "info": "_info"}
     names = {f.name + suffix.get(f.type, "") for f in registry.collect()}
