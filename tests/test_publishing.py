@@ -223,6 +223,8 @@ def test_publishing_is_off_by_default_and_bad_fields_are_named():
     assert not PublishConfig().enabled
     with pytest.raises(ValidationError, match="storage_options"):
         PublishConfig(storage_options={"secret": "x"})
+    with pytest.raises(ValidationError, match="credentials"):
+        PublishConfig(url="s3://AKIA:hunter2@bucket/models")
     with pytest.raises(ValidationError, match="blend"):
         PublishConfig(blend=1.5)
     with pytest.raises(ValidationError, match="format"):

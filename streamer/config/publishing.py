@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -71,6 +72,8 @@ class PublishConfig(Section):
     def _url(cls, url: str) -> str:
         if not url.strip():
             raise ValueError("publish.url must name a directory or an fsspec URL")
+        if re.match(r"^[a-z0-9+.-]+://[^/@]*:[^/@]*@", url):
+            raise ValueError("publish.url holds credentials; give them through the environment")
         return url
 
     @field_validator("storage_options")
