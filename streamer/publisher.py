@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -29,6 +30,7 @@ from streamer.model import ClipModel
 from streamer.store import VersionStore
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class PublishMetrics:
@@ -81,13 +83,11 @@ class Publisher:
         self.judged: str | None = None  # the last checkpoint judged (each is judged once)
         self.consecutive = 0
         self.rollback_to: str | None = None  # set here, taken by the training loop
-        self.published = self.store.latest()  # the pointer: what was last published
+        self.published: dict | None = None  # the pointer: what was last published
+        self._read_pointer = False  # read on the publisher's thread (the store may be down)
         self._model = model  # the export's CPU model (built from the first checkpoint if None)
         self._last_time, self._last_step = clock(), steps()
         self._thread = threading.Thread(target=self._loop, name="publisher", daemon=True)
-        if self.published is not None:
-            self.metrics.version.set(_number(self.published["version"]))
-            self.judged = self.published["manifest"]["checkpoint"]
 
     def start(self) -> Publisher:
         self._thread.start()
@@ -115,6 +115,8 @@ class Publisher:
 
     def publish_latest(self) -> str | None:
         """Judge the newest checkpoint; publish it if it passes. The version, or None."""
+        if not self._read_pointer:
+            self._resume()
         checkpoint = load_latest(self.checkpoints)
         if checkpoint is None or checkpoint.id == self.judged:
             return None
@@ -129,6 +131,14 @@ class Publisher:
         self.metrics.consecutive.set(0)
         self.metrics.passing.set(1)
         return version
+
+    def _resume(self) -> None:
+        """What an earlier run published (raises, to retry later, if the store is down)."""
+        self.published = self._with_retries(self.store.latest)
+        self._read_pointer = True
+        if self.published is not None:
+            self.metrics.version.set(_number(self.published["version"]))
+            self.judged = self.judged or self.published["manifest"]["checkpoint"]
 
     def _refused(self, checkpoint: Checkpoint, verdict: gate.Verdict) -> None:
         self.consecutive += 1
@@ -165,7 +175,7 @@ class Publisher:
                  step=checkpoint.meta.get("step"), url=self.cfg.url)  # fmt: skip
         return version
 
-    def _with_retries(self, attempt: Callable[[], str]) -> str:
+    def _with_retries(self, attempt: Callable[[], T]) -> T:
         delay, tries = self.cfg.retry_backoff_seconds, 0
         while True:
             try:

@@ -229,3 +229,28 @@ def test_publishing_is_off_by_default_and_bad_fields_are_named():
         PublishConfig(blend=1.5)
     with pytest.raises(ValidationError, match="format"):
         PublishConfig(format="onnx")
+
+
+def test_a_store_that_cannot_be_written_is_retried_and_counted_and_training_goes_on(
+    tmp_path, digit_stream
+):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the store's directory should be")
+    publish = {"enabled": True, "url": str(blocked / "pub"), "every_steps": 1,
+               "every_seconds": 0.05, "retries": 1, "retry_backoff_seconds": 0.01,
+               "gate": {"min_retention_ratio": 0.0}}  # fmt: skip
+    records = _records(digit_stream[:160])
+    source = MemorySource(records, lambda raw: None)
+    run = Run(_settings(tmp_path, publish=publish), source)
+    source._decode = run.daemon.engine.decoder.decode
+    registry = run.daemon.metrics.registry
+
+    def failed_and_done(daemon) -> bool:
+        failures = registry.get_sample_value("streamer_publish_failures_total") or 0
+        return failures >= 1 and daemon.ledger.accounted >= len(records)
+
+    run.until(failed_and_done)
+    assert run.code == 0 and run.daemon.ledger.accounted == len(records)
+    assert registry.get_sample_value("streamer_publish_retries_total") >= 1
+    assert registry.get_sample_value("streamer_publish_failures_total") >= 1
+    assert registry.get_sample_value("streamer_publish_version") == 0
