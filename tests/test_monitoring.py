@@ -77,7 +77,7 @@ def test_dashboard_panels_have_units_current_types_and_variables():
     assert {v["name"] for v in board["templating"]["list"]} == {"datasource", "job", "instance"}
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
     assert rows == ["Throughput & lag", "Learning", "Forgetting", "Alignment & misalignment",
-                    "Replay & checkpoints", "Process"]  # fmt: skip
+                    "Replay & checkpoints", "Publishing & rollback", "Process"]  # fmt: skip
 
 
 def test_counters_are_only_read_through_rate_over_the_rate_interval():

@@ -350,7 +350,7 @@ ROWS = {
             [
                 (rate("streamer_publish_retries_total"), "retries"),
                 (rate("streamer_publish_failures_total"), "given up"),
-                (f"sum(increase(streamer_rollbacks_total{{{SEL}}}[1h]))", "rollbacks (1h)"),
+                (rate("streamer_rollbacks_total"), "rollbacks"),
                 (f"max(streamer_publish_gate_consecutive_failures{{{SEL}}})", "refused in a row"),
             ],
             "short",
