@@ -26,6 +26,9 @@ class Misalignment(TypedDict):
     deficit: float | None  # the latest evaluation's
     recent: list[float]  # the deficits the alarm is judged on, newest last
     threshold: float
+    blame: str | None  # the latest diagnosis's tower (image, text, both, none); None: not yet
+    lost: float | None  # the part of the deficit a swap back to the base would recover
+    worst_classes: list[str]  # the classes that lost most alignment, worst first
 
 
 class Quality(TypedDict):
@@ -55,9 +58,17 @@ def figures(evaluator: Evaluator, step: int, skipped_nonfinite: int) -> Quality:
             "deficit": _finite(deficits[-1]) if deficits else None,
             "recent": [float(d) for d in deficits],
             "threshold": cfg.misalignment_threshold,
+            **_diagnosis(evaluator),
         },
         "skipped_nonfinite": int(skipped_nonfinite),
     }
+
+
+def _diagnosis(evaluator: Evaluator) -> dict[str, Any]:
+    d = evaluator.diagnosis
+    if d is None:  # none since the (re)start: the deficits above still say how it stands
+        return {"blame": None, "lost": None, "worst_classes": []}
+    return {"blame": d.blame, "lost": _finite(d.lost), "worst_classes": [c.text for c in d.top(3)]}
 
 
 def _reference(evaluator: Evaluator) -> Reference:

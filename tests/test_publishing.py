@@ -60,7 +60,8 @@ def test_every_checkpoint_records_the_quality_figures_an_operator_decides_on(tra
     assert q["step"] == meta["step"] and q["skipped_nonfinite"] == 0
     assert set(q) >= {"reference", "a_last", "windows", "latest_windows", "misalignment"}
     assert q["windows"] and all(0 <= a <= 1 for a in q["windows"].values())
-    assert set(q["misalignment"]) == {"misaligned", "deficit", "recent", "threshold"}
+    assert set(q["misalignment"]) >= {"misaligned", "deficit", "recent", "threshold", "blame"}
+    assert q["misalignment"]["blame"] in {"image", "text", "both", "none"}
 
 
 # -- export ----------------------------------------------------------------------------------
