@@ -120,13 +120,14 @@ class Publisher:
         checkpoint = load_latest(self.checkpoints)
         if checkpoint is None or checkpoint.id == self.judged:
             return None
-        self.judged = checkpoint.id
         previous = self.published["manifest"].get("quality") if self.published else None
         verdict = gate.judge(quality.of(checkpoint.meta), self.cfg.gate, previous)
         if not verdict.passed:
+            self.judged = checkpoint.id
             self._refused(checkpoint, verdict)
             return None
-        version = self._publish(checkpoint)
+        version = self._publish(checkpoint)  # raises after its retries: tried again when due
+        self.judged = checkpoint.id
         self.consecutive = 0
         self.metrics.consecutive.set(0)
         self.metrics.passing.set(1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import threading
+import time
 from pathlib import Path
 
 import open_clip
@@ -84,8 +87,9 @@ def test_a_merged_export_loaded_by_open_clip_alone_gives_the_daemons_embeddings(
     with torch.no_grad():
         img = torch.nn.functional.normalize(served.encode_image(pixels), dim=-1)
         txt = torch.nn.functional.normalize(served.encode_text(model.tokenizer(texts)), dim=-1)
-        assert torch.allclose(img, model.encode_images(pixels), atol=1e-5)
-        assert torch.allclose(txt, model.encode_texts(texts), atol=1e-5)
+        atol = 1e-5 if model.device.type == "cpu" else 1e-3  # a GPU's kernels differ a little
+        assert torch.allclose(img, model.encode_images(pixels).cpu(), atol=atol)
+        assert torch.allclose(txt, model.encode_texts(texts).cpu(), atol=atol)
 
 
 def test_a_blend_of_zero_is_the_base_and_one_is_the_model_as_trained(trained, tmp_path):
@@ -159,7 +163,7 @@ def test_versions_are_immutable_and_a_reader_never_sees_a_partial_one(tmp_path, 
             seen.append(pointer["version"])
             for name, digest in pointer["manifest"]["files"].items():
                 data = reader.read(pointer["version"], name)
-                if __import__("hashlib").sha256(data).hexdigest() != digest:
+                if hashlib.sha256(data).hexdigest() != digest:
                     problems.append((pointer["version"], name))
 
     thread = threading.Thread(target=poll)
@@ -255,3 +259,34 @@ def test_a_store_that_cannot_be_written_is_retried_and_counted_and_training_goes
     assert registry.get_sample_value("streamer_publish_retries_total") >= 1
     assert registry.get_sample_value("streamer_publish_failures_total") >= 1
     assert registry.get_sample_value("streamer_publish_version") == 0
+
+
+def test_a_slow_upload_does_not_hold_up_training(tmp_path, digit_stream, monkeypatch):
+    """The upload of a version takes 4 s; steps go on meanwhile, as fast as ever."""
+    started, finished, steps = threading.Event(), threading.Event(), []
+    real = VersionStore.publish
+
+    def slow(self, local, version=None):
+        started.set()
+        threading.Event().wait(4.0)
+        try:
+            return real(self, local, version)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(VersionStore, "publish", slow)
+    publish = {"enabled": True, "url": f"memory://slow-{tmp_path.name}", "every_steps": 1,
+               "every_seconds": 0.05, "gate": {"min_retention_ratio": 0.0}}  # fmt: skip
+    records = _records(digit_stream[:1200])
+    source = MemorySource(records, lambda raw: None)
+
+    def on_step(outcome, daemon) -> None:
+        steps.append((time.monotonic(), started.is_set() and not finished.is_set()))
+
+    run = Run(_settings(tmp_path, publish=publish), source, on_step=on_step)
+    source._decode = run.daemon.engine.decoder.decode
+    run.until(lambda daemon: finished.is_set() or daemon.ledger.accounted >= len(records))
+    during = [t for t, uploading in steps if uploading]
+    assert finished.is_set() and len(during) >= 10  # steps kept coming while it uploaded
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert max(gaps) < 2.0, max(gaps)
