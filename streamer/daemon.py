@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 from prometheus_client import CollectorRegistry
 
-from streamer import health, wiring
+from streamer import health, quality, wiring
 from streamer.checkpoint import Checkpointer, CheckpointError
 from streamer.collectors import PipelineCollector, PipelineView
 from streamer.config import Settings, config_hash
@@ -31,6 +31,7 @@ from streamer.pipeline import Engine, Outcome, build_engine
 from streamer.records import Pair
 from streamer.refusals import DeadLetterFlood, Refusals
 from streamer.reload import ConfigWatcher
+from streamer.rollback import roll_back_live
 from streamer.sink import DeadLetterError, DeadLetterSink, KafkaDeadLetters
 from streamer.source import Item, Source, SourceFailed
 
@@ -77,6 +78,8 @@ class Daemon:
         self.stop = self.stopping.flag
         self.last_step = time.time()  # the stall clock starts at start-up
         self.metrics_port: int | None = None
+        self.publisher = wiring.publisher(settings, self.world, self.metrics.registry,
+                                          lambda: self.engine.learner.steps)  # fmt: skip
         self._become("starting")
 
     def _become(self, state: str) -> None:
@@ -99,6 +102,8 @@ class Daemon:
             )
             self.source.start(self.ledger.resume)  # the ledger says where partitions resume
             self._become("running")
+            if self.publisher is not None:
+                self.publisher.start()  # its own thread: exports, gates, publishes
             while not self._turn():
                 pass
             self._become("draining")
@@ -109,6 +114,8 @@ class Daemon:
             log.error("stopping without committing", error=str(exc), reason=type(exc).__name__)
             return 1
         finally:
+            if self.publisher is not None:
+                self.publisher.stop()
             self.refusals.close()
             if self.source is not None:
                 self.source.close()
@@ -127,6 +134,8 @@ class Daemon:
             self._checkpoint()
         if turn.reload:
             self.reload()  # a changed config applies between steps, on every rank
+        if self.publisher is not None and self.publisher.rollback_to is not None:
+            self._roll_back(self.publisher.rollback_to)  # the gate kept refusing
         return turn.stop
 
     def _agree(self, items: list[Item]) -> Turn:
@@ -177,9 +186,19 @@ class Daemon:
             self._checkpoint(extra=frozenset(revocation.partitions))
         revocation.done.set()
 
+    def _roll_back(self, to: str) -> None:
+        """publish.auto_rollback: the model of `to`, the offsets and counts of now."""
+        done = roll_back_live(self.settings.checkpoint.dir, to, self._checkpoint,
+                              self.persistence.restore)  # fmt: skip
+        self.publisher.rolled_back(done)
+
     def _checkpoint(self, extra: frozenset = frozenset()) -> None:
+        learner = self.engine.learner
         meta = {
-            "step": self.engine.learner.steps,
+            "step": learner.steps,
+            "quality": quality.figures(
+                self.engine.evaluator, learner.steps, learner.skipped_nonfinite
+            ),
             "config_hash": config_hash(self.settings),
             "config": self.settings.model_dump(mode="json"),
         }  # secrets masked

@@ -90,6 +90,7 @@ class Evaluator:
         self._base_done = False  # the step-0 evaluation ran (kept in the state)
         self._deficits: list[float] = []  # recent alignment deficits, newest last
         self._evaluations = 0  # with probes: paces the per-block attribution
+        self.diagnosis: Diagnosis | None = None  # the latest (not kept in the state)
         if reference:  # what the base model knew and must keep: a window never dropped
             self.matrix.track(REFERENCE, pinned=True)
             self.probes[REFERENCE] = ReplayBuffer(len(reference))
@@ -228,6 +229,7 @@ class Evaluator:
             emb.img, emb.txt, emb.img0, emb.txt0, emb.texts, cfg.misalignment_threshold, margin, k
         )
         self.hold(diagnosis.deficit)
+        self.diagnosis = diagnosis
         return diagnosis
 
     def hold(self, deficit: float) -> bool:

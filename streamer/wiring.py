@@ -1,7 +1,13 @@
-"""The daemon's two outward parts, built from config: the Kafka source and the HTTP server."""
+"""The daemon's outward parts, built from config: the Kafka source, the HTTP server, and
+the publisher."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+import torch
 from prometheus_client import CollectorRegistry
 
 from streamer.collectors import with_rank
@@ -9,6 +15,11 @@ from streamer.config import MetricsConfig, Settings
 from streamer.distributed import World
 from streamer.health import Check, HealthServer
 from streamer.source import Decode, Source
+
+if TYPE_CHECKING:
+    from streamer.publisher import Publisher
+
+log = structlog.get_logger(__name__)
 
 
 def kafka_source(settings: Settings, world: World, decode: Decode) -> Source:
@@ -28,3 +39,22 @@ def serve(
     port = cfg.port + world.local_rank if cfg.port else 0  # ranks of a node share its host
     served = with_rank(registry, world.rank) if world.active else registry
     return HealthServer(served, healthy, ready, cfg.host, port).start()
+
+
+def publisher(
+    settings: Settings, world: World, registry: CollectorRegistry, steps: Callable[[], int]
+) -> Publisher | None:
+    """Rank 0's publisher when `publish.enabled` (None otherwise). Its export model is built
+    here, before training starts, so its seeded construction never races the loop's RNG."""
+    cfg = settings.publish
+    if not cfg.enabled or not world.is_root:
+        return None
+    from streamer.model import ClipModel
+    from streamer.publisher import Publisher, PublishMetrics
+
+    if cfg.auto_rollback.enabled and world.active:
+        log.warning("publish.auto_rollback is for single-process daemons; it stays off")
+        cfg = cfg.model_copy(update={"auto_rollback": cfg.auto_rollback.model_copy(
+            update={"enabled": False})})  # fmt: skip
+    model = ClipModel(settings.model, torch.device("cpu"), seed=settings.learner.seed)
+    return Publisher(cfg, settings.checkpoint.dir, PublishMetrics(registry), steps, model=model)

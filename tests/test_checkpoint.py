@@ -118,3 +118,18 @@ def test_no_usable_checkpoint_among_several_refuses_to_start_from_the_base(tmp_p
         share_out(World(), Checkpointer(CheckpointConfig(dir=tmp_path)), lambda r: None)
     assert share_out(World(), Checkpointer(CheckpointConfig(dir=tmp_path / "new")),
                      lambda r: None) is None  # fmt: skip  # an empty directory: a fresh start
+
+
+@pytest.mark.parametrize("keep_published", [True, False])
+def test_published_checkpoints_are_kept_past_the_last_k_as_rollback_targets(
+    tmp_path, keep_published
+):
+    from streamer.checkpoint import PUBLISHED
+
+    ckpt = Checkpointer(CheckpointConfig(dir=tmp_path, keep=2, keep_published=keep_published))
+    first = _save(ckpt, 0)
+    (tmp_path / first / PUBLISHED).write_text("v000001\n")
+    for step in range(1, 5):
+        _save(ckpt, step)
+    kept = [p.name for p in complete_checkpoints(tmp_path)]
+    assert kept == ([first] if keep_published else []) + ["ckpt-00000004", "ckpt-00000005"]

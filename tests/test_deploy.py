@@ -20,7 +20,7 @@ from streamer.config import load_settings
 
 ROOT = Path(__file__).parent.parent
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ["gpu", "cpu-dev", "multi-gpu"]
+OVERLAYS = ["gpu", "cpu-dev", "multi-gpu", "gpu-local-volume"]
 STACK = K8S / "components" / "kube-prometheus-stack"
 SCHEMAS = ROOT / "tests" / "schemas"  # prometheus-operator's CRDs, vendored (see their header)
 CRDS = {"PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules"}
@@ -239,6 +239,33 @@ def test_the_shipped_settings_are_a_valid_config(overlay, monkeypatch):
     assert settings.kafka.topic == "image-text-pairs"
     assert settings.model.arch == ("streamer-demo" if overlay == "cpu-dev" else "ViT-B-32")
     assert settings.distributed.backend == ("nccl" if overlay == "multi-gpu" else "auto")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["gpu", "gpu-local-volume"])
+def test_the_gpu_overlays_publish_with_credentials_only_from_a_secret(overlay, monkeypatch):
+    docs = render(overlay)
+    restart = find(docs, "ConfigMap", "streamer-restart")["data"]
+    container = find(docs, "Deployment", "streamer")["spec"]["template"]["spec"]["containers"][0]
+    for key, value in restart.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(K8S / "base" / "config" / "config.yaml")
+    assert settings.publish.enabled and settings.publish.format == "merged"
+    assert settings.checkpoint.keep_published
+    everything = json.dumps([d for d in docs if d["kind"] in ("ConfigMap", "Deployment")])
+    assert not re.search(r"AWS_SECRET_ACCESS_KEY\W*[:=]\W*\w", everything)  # no secret values
+    assert "secret" not in json.dumps(settings.publish.model_dump()).lower()
+    secrets = [e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e]
+    if overlay == "gpu":  # an object store; the keys come from the Secret, as environment
+        assert settings.publish.url.startswith("s3://")
+        assert "streamer-publish-credentials" in secrets
+        assert settings.publish.auto_rollback.enabled
+    else:  # a volume of its own that serving pods can mount too
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts[settings.publish.url] == "published"
+        pvc = find(docs, "PersistentVolumeClaim", "streamer-published")
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert "streamer-publish-credentials" not in secrets
 
 
 @needs_kubectl

@@ -77,7 +77,7 @@ def test_dashboard_panels_have_units_current_types_and_variables():
     assert {v["name"] for v in board["templating"]["list"]} == {"datasource", "job", "instance"}
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
     assert rows == ["Throughput & lag", "Learning", "Forgetting", "Alignment & misalignment",
-                    "Replay & checkpoints", "Process"]  # fmt: skip
+                    "Replay & checkpoints", "Publishing & rollback", "Process"]  # fmt: skip
 
 
 def test_counters_are_only_read_through_rate_over_the_rate_interval():
@@ -165,10 +165,12 @@ def test_the_metric_reference_names_every_family_the_daemon_exports():
 
     from streamer.collectors import PipelineCollector, PipelineView
     from streamer.metrics import Metrics
+    from streamer.publisher import PublishMetrics
     from streamer.source import SourceStats
 
     registry = CollectorRegistry()
     Metrics(registry, process=False)
+    PublishMetrics(registry)  # registered when publish.enabled
     registry.register(PipelineCollector(lambda: PipelineView(SourceStats(last_poll=1.0))))
     suffix = {"counter": "_total", "info": "_info"}
     names = {f.name + suffix.get(f.type, "") for f in registry.collect()}

@@ -332,6 +332,31 @@ ROWS = {
             options=NAME_ONLY,
         ),
     ],
+    "Publishing & rollback": [
+        stat("Published version", [(f"max(streamer_publish_version{{{SEL}}})", "")], "none"),
+        stat(
+            "Since last publish",
+            [(f"time() - max(streamer_publish_last_timestamp_seconds{{{SEL}}})", "")],
+            "s",
+        ),
+        stat("Gate passing", [(f"min(streamer_publish_gate_passing{{{SEL}}})", "")], "bool"),
+        ts(
+            "Gate refusals by reason",
+            [(rate("streamer_publish_gate_failures_total", "reason"), "{{reason}}")],
+            "ops",
+        ),
+        ts(
+            "Uploads and rollbacks",
+            [
+                (rate("streamer_publish_retries_total"), "retries"),
+                (rate("streamer_publish_failures_total"), "given up"),
+                (rate("streamer_rollbacks_total"), "rollbacks"),
+                (f"max(streamer_publish_gate_consecutive_failures{{{SEL}}})", "refused in a row"),
+            ],
+            "short",
+            w=4,
+        ),
+    ],
     "Process": [
         ts(
             "CPU cores used",

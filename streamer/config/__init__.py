@@ -31,6 +31,7 @@ from streamer.config.learning import (
     PeftConfig,
     ReplayConfig,
 )
+from streamer.config.publishing import AutoRollbackConfig, GateConfig, PublishConfig
 from streamer.config.records import DeadLetterConfig, KafkaConfig, RecordConfig, StreamConfig
 from streamer.config.running import (
     CheckpointConfig,
@@ -41,10 +42,11 @@ from streamer.config.running import (
 )
 
 __all__ = [
-    "DRIFT_SIGNALS", "CheckpointConfig", "DaemonConfig", "DeadLetterConfig", "DetectorConfig",
-    "DistributedConfig", "DriftSignal", "EvaluationConfig", "KafkaConfig", "LearnerConfig",
-    "LoggingConfig", "MetricsConfig", "ModelConfig", "PeftConfig", "RecordConfig",
-    "ReplayConfig", "Section", "Settings", "StreamConfig", "config_hash", "load_settings",
+    "DRIFT_SIGNALS", "AutoRollbackConfig", "CheckpointConfig", "DaemonConfig",
+    "DeadLetterConfig", "DetectorConfig", "DistributedConfig", "DriftSignal", "EvaluationConfig",
+    "GateConfig", "KafkaConfig", "LearnerConfig", "LoggingConfig", "MetricsConfig",
+    "ModelConfig", "PeftConfig", "PublishConfig", "RecordConfig", "ReplayConfig", "Section",
+    "Settings", "StreamConfig", "config_hash", "load_settings",
 ]  # fmt: skip
 
 
@@ -83,6 +85,7 @@ class Settings(BaseSettings):
     replay: ReplayConfig = ReplayConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     stream: StreamConfig = StreamConfig()
+    publish: PublishConfig = PublishConfig()
 
 
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:

@@ -15,6 +15,9 @@ class CheckpointConfig(Section):
     every_steps: int = Field(200, ge=1, description="Checkpoint after this many steps...")
     every_seconds: float = Field(300.0, gt=0, description="...or this many seconds.")
     keep: int = Field(3, ge=1, description="Checkpoints kept.")
+    keep_published: bool = Field(
+        True, description="Also keep every checkpoint that was published: rollback targets."
+    )
 
 
 class DaemonConfig(Section):

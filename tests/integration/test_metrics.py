@@ -30,7 +30,9 @@ def _get(port: int, path: str) -> tuple[int, str]:
 def test_a_live_scrape_passes_promtool_and_health_endpoints_answer(broker, tmp_path, digit_stream):
     topic, samples = new_topic(), digit_stream[:200]
     publish(KafkaConfig(bootstrap_servers=(broker.bootstrap,), topic=topic), samples)
-    config = daemon_config(tmp_path, broker.bootstrap, topic)
+    publishing = {"enabled": True, "url": str(tmp_path / "published"),
+                  "gate": {"min_retention_ratio": 0.0}}  # fmt: skip  # its families too
+    config = daemon_config(tmp_path, broker.bootstrap, topic, publish=publishing)
     with ThreadedDaemon(config) as daemon:
         wait_until(lambda: accounted(daemon) >= len(samples), 120, "all records")
         wait_until(lambda: daemon.persistence.last is not None, 30, "a checkpoint")

@@ -69,7 +69,9 @@ def scraped(broker, tmp_path_factory, digit_stream) -> Iterator[Scraped]:
     kafka = KafkaConfig(bootstrap_servers=(broker.bootstrap,), topic=topic)
     producer = threading.Thread(target=publish, args=(kafka, digit_stream[:1200], 40.0))
     producer.start()
-    config = daemon_config(tmp, broker.bootstrap, topic,
+    publishing = {"enabled": True, "url": str(tmp / "published"), "every_seconds": 5.0,
+                  "gate": {"min_retention_ratio": 0.0}}  # fmt: skip  # the publishing row
+    config = daemon_config(tmp, broker.bootstrap, topic, publish=publishing,
                            evaluation={"eval_every": 48, "probe_fraction": 0.1})  # fmt: skip
     port = free_port()
     with ThreadedDaemon(config) as daemon:
