@@ -27,6 +27,22 @@ from .conftest import (
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture
+def spawn():
+    """start_process, and a kill at teardown of any the test left running (a failure)."""
+    started = []
+
+    def start(*args):
+        started.append(start_process(*args))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _truncate_weights(path: Path) -> None:
     weights = path / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
@@ -62,7 +78,7 @@ def _unreadable_metric(port: int) -> float:
 @pytest.mark.parametrize("damage", [_truncate_weights, _garble_meta],
                          ids=["truncated-weights", "garbled-meta"])  # fmt: skip
 def test_a_damaged_newest_checkpoint_is_set_aside_and_every_record_counted_once(
-    broker, tmp_path, digit_stream, damage: Callable[[Path], None]
+    broker, tmp_path, digit_stream, spawn, damage: Callable[[Path], None]
 ):
     topic, samples = new_topic(), digit_stream[:600]
     ends = publish(KafkaConfig(bootstrap_servers=(broker.bootstrap,), topic=topic), samples)
@@ -71,7 +87,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_every_record_counted_once(
         metrics={"port": free_port()}, checkpoint={"keep": 50},  # the damaged one stays
     )  # fmt: skip
     directory, group = Path(config["checkpoint"]["dir"]), config["kafka"]["group_id"]
-    first = start_process(config, tmp_path, "first")
+    first = spawn(config, tmp_path, "first")
 
     def two_committed() -> bool:  # the group's commit belongs to the newest of two or more
         paths = complete_checkpoints(directory)
@@ -84,7 +100,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_every_record_counted_once(
     newest = complete_checkpoints(directory)[-1]
     assert _counted(config) < len(samples), "killed mid-stream"
     damage(newest)
-    second = start_process(config, tmp_path, "second")
+    second = spawn(config, tmp_path, "second")
     wait_until(lambda: _counted(config) >= len(samples), 180, "every record in a checkpoint")
     assert _unreadable_metric(config["metrics"]["port"]) == 1
     second.send_signal(signal.SIGTERM)

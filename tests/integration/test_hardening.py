@@ -35,6 +35,23 @@ from .conftest import (
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture
+def spawn():
+    """start_process, and a kill at teardown of any the test left running (a failure)."""
+    started = []
+
+    def start(*args):
+        started.append(start_process(*args))
+        return started[-1]
+
+    start.started = started  # for processes started otherwise
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _latest_meta(config: dict) -> dict | None:
     paths = complete_checkpoints(Path(config["checkpoint"]["dir"]))
     return json.loads((paths[-1] / "meta.json").read_text()) if paths else None
@@ -73,7 +90,7 @@ def _stop(process, timeout: float = 60) -> int:
 
 
 def test_poison_records_among_valid_ones_are_dead_lettered_and_the_rest_trained(
-    broker, tmp_path, digit_stream
+    broker, tmp_path, digit_stream, spawn
 ):
     topic, valid = new_topic(), digit_stream[:40]
     bad = _poison(base64.b64encode(valid[0].image).decode())
@@ -88,7 +105,7 @@ def test_poison_records_among_valid_ones_are_dead_lettered_and_the_rest_trained(
             i += 1
     producer.flush()
     config = daemon_config(tmp_path, broker.bootstrap, topic)
-    process = start_process(config, tmp_path, "daemon")
+    process = spawn(config, tmp_path, "daemon")
     total = len(valid) + len(bad)
     wait_until(lambda: _counted(_latest_meta(config)) >= total, 120, "every record counted")
     assert _stop(process) == 0
@@ -104,7 +121,7 @@ def test_poison_records_among_valid_ones_are_dead_lettered_and_the_rest_trained(
 
 
 @pytest.mark.parametrize("compression", ["gzip", "snappy", "lz4", "zstd"])
-def test_a_compressed_topic_is_trained_in_full(broker, tmp_path, digit_stream, compression):
+def test_a_compressed_topic_is_trained_in_full(broker, tmp_path, digit_stream, spawn, compression):
     topic, samples = new_topic(), digit_stream[:48]
     ensure_topic(KafkaConfig(bootstrap_servers=(broker.bootstrap,), topic=topic), 1)
     producer = KafkaProducer(bootstrap_servers=[broker.bootstrap], compression_type=compression,
@@ -114,7 +131,7 @@ def test_a_compressed_topic_is_trained_in_full(broker, tmp_path, digit_stream, c
     producer.flush()
     producer.close()
     config = daemon_config(tmp_path, broker.bootstrap, topic)
-    process = start_process(config, tmp_path, "daemon")
+    process = spawn(config, tmp_path, "daemon")
     wait_until(lambda: _counted(_latest_meta(config)) >= len(samples), 120, "every record")
     assert _stop(process) == 0
     meta = _latest_meta(config)
@@ -162,7 +179,7 @@ def _health(port: int) -> tuple[int, str]:
 
 
 def test_a_dying_worker_thread_fails_the_daemon_and_commits_nothing_past_its_checkpoint(
-    broker, tmp_path, digit_stream
+    broker, tmp_path, digit_stream, spawn
 ):
     topic, samples = new_topic(), digit_stream[:200]
     ends = publish(KafkaConfig(bootstrap_servers=(broker.bootstrap,), topic=topic), samples)
@@ -176,6 +193,7 @@ def test_a_dying_worker_thread_fails_the_daemon_and_commits_nothing_past_its_che
         [sys.executable, str(launcher), "150", "run", "--config", str(tmp_path / "daemon.yaml")],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    spawn.started.append(process)
     seen: list[tuple[int, str]] = []
 
     def reported() -> bool:
@@ -196,7 +214,7 @@ def test_a_dying_worker_thread_fails_the_daemon_and_commits_nothing_past_its_che
     committed = committed_offsets(broker.bootstrap, config["kafka"]["group_id"], list(ends))
     assert committed[(topic, 0)] == checkpointed  # nothing past the checkpoint
     # A restart, fault-free, trains the rest: every record counted once.
-    second = start_process(config, tmp_path, "second")
+    second = spawn(config, tmp_path, "second")
     wait_until(lambda: _counted(_latest_meta(config)) >= len(samples), 120, "every record")
     assert _stop(second) == 0
     meta = _latest_meta(config)
