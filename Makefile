@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/quality.py $(QUALITY_ARGS)
 	$(BIN)/python benchmarks/scaleout.py $(SCALEOUT_ARGS)
+	$(BIN)/python benchmarks/labels.py $(LABELS_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .cache .pytest_cache .ruff_cache

@@ -118,8 +118,10 @@ class KafkaSource:
 
     def close(self) -> None:
         self._stop.set()
+        self._raw.put(None)  # wakes the decode thread even if the poll thread died first
         for thread in self._threads:
-            thread.join(timeout=10)
+            if thread.is_alive():
+                thread.join(timeout=10)
         if self._consumer is not None:
             self._consumer.close(autocommit=False)
 

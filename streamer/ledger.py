@@ -49,6 +49,7 @@ class Ledger:
         self.digest = 0  # sum of id hashes of trained and probe records, mod 2**64
         self._dirty: set[Partition] = set()  # advanced since the last checkpoint
         self._committed: dict[Partition, int] = {}  # our commits the group accepted
+        self.fell_back = False  # restored past an unreadable newer checkpoint
 
     # -- accounting ----------------------------------------------------------------------
     def advance(self, partition: Partition, offset: int) -> None:
@@ -102,6 +103,8 @@ class Ledger:
         2. The group's offset was committed by this lineage: our offsets decide. They are
            those of the checkpoint the model was restored from; a commit further on belongs
            to a newer checkpoint that could not be read, so its records are trained again.
+           After such a fallback, a commit with no metadata counts as ours too: some
+           brokers (Tansu) return none, and a lost record is worse than one trained twice.
         3. Otherwise (another member trained the partition, or an older version committed):
            the further of our offset and the group's.
         """
@@ -113,7 +116,7 @@ class Ledger:
             self.offsets.pop(partition, None)
             self._committed.pop(partition, None)
             return group.offset if group else None
-        if group is not None and group.metadata.endswith(f"@{self.lineage}"):
+        if group is not None and self._ours(group):
             if ours is None or ours < group.offset:
                 log.warning("group commit is ahead of the restored checkpoint; training "
                             "those records again", partition=partition, group=group.offset,
@@ -121,6 +124,11 @@ class Ledger:
             return ours if ours is not None else 0
         known = [o for o in (ours, group.offset if group else None) if o is not None and o >= 0]
         return max(known) if known else None
+
+    def _ours(self, group: GroupCommit) -> bool:
+        return group.metadata.endswith(f"@{self.lineage}") or (
+            self.fell_back and not group.metadata
+        )
 
     # -- checkpoint ----------------------------------------------------------------------
     def shard(self) -> LedgerShard:

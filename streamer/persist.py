@@ -95,7 +95,10 @@ class Persistence:
         """The newest usable checkpoint into engine and ledger; None: a fresh start."""
         skipped_before = self.checkpointer.skipped
         restored = snapshot.share_out(self.world, self.checkpointer, self._apply)
-        self.metrics.ckpt_unreadable.inc(self.checkpointer.skipped - skipped_before)
+        skipped = self.checkpointer.skipped - skipped_before  # rank 0 reads; it counts
+        self.metrics.ckpt_unreadable.inc(skipped)
+        fell_back = self.world.broadcast(skipped > 0)
+        self.ledger.fell_back = restored is not None and fell_back  # see Ledger.resume
         if restored is None:
             if self.world.active:  # a new job: every rank starts from rank 0's weights
                 model = self.engine.model

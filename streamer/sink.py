@@ -62,7 +62,10 @@ class KafkaDeadLetters:
     def _send(self, raw: RawRecord, reason: str, detail: str):
         if self._producer is None:
             self._producer = KafkaProducer(**client_options(self._cfg), acks="all", linger_ms=20)
-        return self._producer.send(self.topic, value=raw.value, key=raw.key,
+        # A record with neither key nor value (a tombstone without key, or one the client
+        # could not parse) goes as an empty value: the producer refuses None for both.
+        value = raw.value if raw.value is not None or raw.key is not None else b""
+        return self._producer.send(self.topic, value=value, key=raw.key,
                                    headers=headers(raw, reason, detail))  # fmt: skip
 
     def flush(self) -> None:

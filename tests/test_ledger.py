@@ -54,6 +54,16 @@ def test_our_own_commit_past_the_restored_checkpoint_means_retraining_from_it():
     assert lost.resume(P, GroupCommit(80, lost.commit_metadata("ckpt-00000007"))) == 0
 
 
+def test_after_a_fallback_a_commit_without_metadata_is_taken_as_ours():
+    """Tansu returns no commit metadata: after falling back past an unreadable checkpoint,
+    the commit may be that checkpoint's, so the restored offsets decide (train again)."""
+    ledger = _restored(50)
+    assert ledger.resume(P, GroupCommit(80, "")) == 80  # no fallback: the further one
+    ledger.fell_back = True
+    assert ledger.resume(P, GroupCommit(80, "")) == 50
+    assert ledger.resume(P, GroupCommit(80, "ckpt-00000002@theirs")) == 80  # known: theirs
+
+
 def test_a_group_offset_below_our_own_commit_is_followed_as_a_reset():
     ledger = _restored(50)
     ledger.advance(P, 99)

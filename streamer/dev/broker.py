@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -50,9 +51,15 @@ def terminate(process: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def _die_with_parent() -> None:
     """In the child, before exec: the kernel sends it SIGTERM when its parent dies, so a
-    broker is never left holding its port after a kill -9 of whoever started it."""
+    broker is never left holding its port after a kill -9 of whoever started it. The signal
+    follows the *thread* that started the child, so it is set only from the main thread: a
+    broker started on a worker thread would otherwise stop when that thread ends."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _main_thread_on_linux() -> bool:
+    return sys.platform == "linux" and threading.current_thread() is threading.main_thread()
 
 
 class EmbeddedBroker:
@@ -85,7 +92,7 @@ class EmbeddedBroker:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_die_with_parent if _main_thread_on_linux() else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
