@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -104,6 +105,8 @@ class ClipModel:
             net, preprocess = _create(cfg)
         self.cfg = cfg
         self.preprocess = preprocess
+        self._geometry, mean, std = _split_preprocess(preprocess)
+        self.image_size = _image_size(preprocess)
         self.tokenizer = open_clip.get_tokenizer(cfg.arch)
         self.frozen_base = None if cfg.peft.mode == "lora" else copy.deepcopy(net).eval()
         apply_peft(net, cfg.peft, seed)
@@ -111,21 +114,64 @@ class ClipModel:
         if self.frozen_base is not None:
             self.frozen_base.requires_grad_(False).to(device)
         self.device = device
+        self._mean = None if mean is None else mean.to(device)
+        self._std = None if std is None else std.to(device)
 
     # -- encoding ----------------------------------------------------------------------------
     def pixels(self, image: Image.Image) -> torch.Tensor:
-        """PIL image -> normalised tensor [3, H, W] for this model."""
-        return self.preprocess(image)
+        """PIL image -> uint8 tensor [3, H, W] at model resolution (4x smaller than floats);
+        encode_images normalises it on the device. A preprocessing of another shape than
+        open_clip's resize, crop, to-tensor, normalise gives its own float tensor."""
+        if self._geometry is None:
+            return self.preprocess(image)
+        image = self._geometry(image)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return torch.from_numpy(np.array(image, np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [B, 3, H, W] on the device -> the model's input, as its transform would
+        make it (the same operations in the same order: bit-identical on a CPU)."""
+        if pixels.dtype != torch.uint8 or self._mean is None:
+            return pixels  # already the model's input
+        return pixels.float().div(255).sub_(self._mean).div_(self._std)
 
     def encode_images(self, pixels: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
-        """pixels [B, 3, H, W] -> unit embeddings [B, D]."""
-        out = (net or self.net).encode_image(pixels.to(self.device, non_blocking=True))
-        return F.normalize(out.float(), dim=-1)
+        """pixels [B, 3, H, W], uint8 or normalised -> unit embeddings [B, D]."""
+        x = self.normalise(pixels.to(self.device, non_blocking=True))
+        return F.normalize((net or self.net).encode_image(x).float(), dim=-1)
 
     def encode_texts(self, texts: Sequence[str], net: nn.Module | None = None) -> torch.Tensor:
         """texts [T] -> unit embeddings [T, D]."""
         tokens = self.tokenizer(list(texts)).to(self.device, non_blocking=True)
         return F.normalize((net or self.net).encode_text(tokens).float(), dim=-1)
+
+    def stack_pixels(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Pixels [3, H, W] each -> [B, 3, H, W], stacked where they are; rows held on the host
+        go to the device in one non-blocking copy from pinned memory."""
+        if len({p.dtype for p in rows}) > 1:  # uint8 beside floats: all become model input
+            rows = [self.normalise(p.to(self.device)[None])[0] for p in rows]
+        on_host = [i for i, p in enumerate(rows) if p.device != self.device]
+        if not on_host:
+            return torch.stack(list(rows))
+        host = torch.stack([rows[i] for i in on_host])
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        if len(on_host) == len(rows):
+            return host  # encode_images copies it, non-blocking
+        held = sorted(set(range(len(rows))) - set(on_host))
+        out = torch.empty((len(rows), *host.shape[1:]), dtype=host.dtype, device=self.device)
+        out[on_host] = host.to(self.device, non_blocking=True)
+        out[held] = torch.stack([rows[i] for i in held]).to(host.dtype)
+        return out
+
+    def compile(self) -> None:
+        """torch.compile the image tower and the text transformer in place (state dict keys
+        and encode_image / encode_text unchanged)."""
+        for name in ("visual", "transformer", "text"):
+            tower = getattr(self.net, name, None)
+            if isinstance(tower, nn.Module):
+                tower.compile()
 
     @functools.cached_property
     def embed_dim(self) -> int:
@@ -180,3 +226,29 @@ class ClipModel:
         """A plain open_clip state dict (LoRA folded in): `create_model(arch, pretrained=path)`."""
         state = {k: v.cpu().contiguous() for k, v in merged_state_dict(self.net).items()}
         save_file(state, str(path))
+
+
+def _split_preprocess(preprocess) -> tuple:
+    """(resize-and-crop, mean [3, 1, 1], std [3, 1, 1]) of open_clip's evaluation transform,
+    or (None, None, None) when it is not the usual geometry, to-tensor, normalise chain."""
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) < 2 or not type(steps[-2]).__name__.endswith("ToTensor"):
+        return None, None, None
+    norm = steps[-1]
+    if not hasattr(norm, "mean") or not hasattr(norm, "std"):
+        return None, None, None
+    geometry = type(preprocess)(steps[:-2])
+    mean = torch.as_tensor(norm.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(norm.std, dtype=torch.float32).view(-1, 1, 1)
+    return geometry, mean, std
+
+
+def _image_size(preprocess) -> int | None:
+    """The side the transform resizes to (for decoding a JPEG at reduced scale), if known."""
+    for step in getattr(preprocess, "transforms", []):
+        size = getattr(step, "size", None)
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)) and size:
+            return int(min(size))
+    return None

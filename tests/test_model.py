@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from streamer.config import ModelConfig, PeftConfig
 from streamer.model import ClipModel, ModelLoadError
@@ -146,3 +148,27 @@ def test_pretrained_tag_offline_names_the_local_alternative(monkeypatch, tmp_pat
     cfg = ModelConfig(arch="RN50", pretrained="openai", cache_dir=tmp_path)
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
         ClipModel(cfg, CPU)
+
+
+@pytest.mark.parametrize(("arch", "size"), [("streamer-tiny", (50, 37)), ("ViT-B-32", (640, 427))])
+def test_uint8_pixels_normalised_on_the_device_equal_open_clips_transform(arch, size):
+    """The decode workers hand over uint8 at model resolution (4x less to hold and copy);
+    normalising them later gives open_clip's own input, bit for bit on a CPU."""
+    model = ClipModel(ModelConfig(arch=arch), CPU, seed=0)
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    pixels = model.pixels(image)
+    assert pixels.dtype == torch.uint8 and pixels.shape[1:] == (model.image_size,) * 2
+    expected = model.preprocess(image)
+    assert torch.equal(model.normalise(pixels[None])[0], expected)
+    with torch.no_grad():
+        assert torch.equal(model.encode_images(pixels[None]), model.encode_images(expected[None]))
+
+
+def test_stack_pixels_makes_mixed_rows_the_models_input():
+    model = ClipModel(ModelConfig(arch="streamer-tiny"), CPU, seed=0)
+    uint8 = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    floats = model.normalise(uint8[None])[0]
+    stacked = model.stack_pixels([uint8, floats])
+    assert stacked.dtype == torch.float32 and torch.equal(stacked[0], stacked[1])
+    assert model.stack_pixels([uint8, uint8]).dtype == torch.uint8

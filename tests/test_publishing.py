@@ -82,7 +82,8 @@ def test_a_merged_export_loaded_by_open_clip_alone_gives_the_daemons_embeddings(
     served = open_clip.create_model(manifest["arch"], pretrained=str(tmp_path / MERGED)).eval()
     model = daemon.engine.model
     pairs = [daemon.engine.to_pair(s) for s in digit_stream[:8]]
-    pixels = torch.stack([p.pixels for p in pairs])
+    # uint8 at model resolution; the mean/std step of open_clip's transform makes them its input
+    pixels = model.normalise(torch.stack([p.pixels for p in pairs])).cpu()
     texts = [s.text for s in digit_stream[:8]]
     with torch.no_grad():
         img = torch.nn.functional.normalize(served.encode_image(pixels), dim=-1)
