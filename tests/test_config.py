@@ -101,3 +101,14 @@ def test_shipped_example_configs_are_valid():
 
     for name in ("demo.yaml", "gpu.yaml", "default.yaml"):
         load_settings(Path(__file__).parent.parent / "configs" / name)
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [("records", "decode_workers", 0), ("records", "decode_workers", 65),
+     ("replay", "store", "tensors"), ("learner", "compile", "sometimes")],
+)  # fmt: skip
+def test_feed_settings_are_checked_and_named(section, field, value):
+    with pytest.raises(ValidationError, match=rf"{section}\.{field}"):
+        Settings.model_validate({section: {field: value}})
+    assert Settings().records.decode_workers is None  # None: from the CPUs the pod may use

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from streamer.config import RecordConfig
-from streamer.decode import decode_image
+from streamer.config import ModelConfig, RecordConfig
+from streamer.decode import Decoder, decode_image, default_decode_workers
+from streamer.model import ClipModel
 from streamer.records import DecodeError
 
 
@@ -85,3 +89,51 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert len(bomb) < 100
     with pytest.raises(DecodeError, match="too_many_pixels"):
         decode_image(bomb)
+
+
+def _jpeg(size: tuple[int, int]) -> bytes:
+    y, x = np.mgrid[0 : size[1], 0 : size[0]]
+    array = np.stack([x * 255 // size[0], y * 255 // size[1], (x + y) % 256], -1)
+    return _encode(Image.fromarray(array.astype(np.uint8)), "JPEG")
+
+
+@pytest.mark.parametrize(
+    ("size", "target", "expected"),
+    [((640, 480), 224, (320, 240)), ((1600, 1200), 224, (400, 300)), ((400, 300), 224, (400, 300))],
+)
+def test_jpeg_draft_shrinks_by_a_power_of_two_never_below_the_target(size, target, expected):
+    assert decode_image(_jpeg(size), draft_size=target).size == expected
+    assert decode_image(_jpeg(size)).size == size  # without a target: full size
+
+
+def test_jpeg_draft_gives_the_model_nearly_the_same_input():
+    model = ClipModel(ModelConfig(arch="ViT-B-32"), torch.device("cpu"), seed=0)  # 224 px
+    data = _jpeg((640, 480))
+    full = model.pixels(decode_image(data)).float()
+    draft = model.pixels(decode_image(data, draft_size=model.image_size)).float()
+    assert model.image_size == 224 and full.shape == draft.shape == (3, 224, 224)
+    assert (full - draft).abs().mean() < 3  # of 255: the DCT's shrink, then the same resize
+
+
+def test_the_draft_is_only_for_jpeg_and_can_be_switched_off():
+    png = _encode(_photo(size=(640, 480)), "PNG")
+    assert decode_image(png, draft_size=224).size == (640, 480)
+    decoder = Decoder("json", RecordConfig(jpeg_draft=False), lambda image: image,
+                      draft_size=224)  # fmt: skip
+    assert decoder.draft_size is None
+
+
+def test_default_decode_workers_leave_a_core_and_honour_the_cpu_quota(monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(6)))
+    assert default_decode_workers() in {5, *range(1, 5)}  # a cgroup quota may lower it
+    quota = tmp_path / "cpu.max"
+    quota.write_text("300000 100000\n")  # 3 CPUs, as a pod's limit sets it
+    real_path = Path
+
+    def fake_path(name, *rest):
+        return quota if str(name) == "/sys/fs/cgroup/cpu.max" else real_path(name, *rest)
+
+    monkeypatch.setattr("streamer.decode.Path", fake_path)
+    assert default_decode_workers() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert default_decode_workers() == 1  # never none

@@ -132,6 +132,18 @@ class RecordConfig(Section):
     image_root: Path | None = Field(
         None, description="Directory that file:// image_uri values must lie under (else refused)."
     )
+    decode_workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Threads decoding records (order within a partition is kept). Default: "
+        "the CPUs the process may use (affinity and cgroup quota) less one, at most 8.",
+    )
+    jpeg_draft: bool = Field(
+        True,
+        description="Decode a JPEG much larger than the model's input at 1/2, 1/4 or 1/8 "
+        "scale (never below the input size): several times faster for web-sized photos.",
+    )
     max_event_time_skew_seconds: float = Field(
         10 * 365 * 86400.0,
         gt=0,
