@@ -1,11 +1,14 @@
-"""Records in from Kafka: a consumer group polled on its own thread, decoded on another.
+"""Records in from Kafka: a consumer group polled on its own thread, decoded by a pool.
 
-The training thread only takes decoded items from a bounded queue. The poll thread keeps
-polling while steps run (pausing fetches when the queue is full), so a long step never
-makes the group evict this member. Rebalances are handed to the training thread: before
-partitions are given up, it finishes its step, checkpoints and commits them (see Daemon).
-A worker thread that dies, or polling that keeps failing, fails the source (SourceFailed
-from `get`, `failure()` for health): it never stalls quietly.
+Each fetched record goes to a pool of decode threads (Pillow and torch release the GIL while
+decoding and resizing, so threads scale with cores), its future queued in fetch order; an
+ordering thread waits on them in that order, so items leave in offset order within every
+partition however the workers finish. The training thread takes decoded items from a bounded
+queue. Polling goes on while steps run (paused when the queue is full): a long step never
+gets this member evicted. Rebalances are handed to the training thread: before partitions
+are given up, it finishes its step, checkpoints and commits them (see Daemon). A thread
+that dies, or polling that keeps failing, fails the source (SourceFailed from `get`,
+`failure()` for health): it never stalls quietly.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
 import structlog
 from kafka import KafkaConsumer, TopicPartition
@@ -36,13 +40,15 @@ class KafkaSource:
         decode: Decode,
         backoff: tuple[float, float] = (1.0, 30.0),
         owns: Callable[[list[int]], list[int]] | None = None,
+        workers: int = 1,
     ) -> None:
         self.cfg = cfg
         self._owns = owns  # a fixed share of partitions (assign), else the group decides
         self._decode = decode
         self._backoff = backoff
         self._resume: Resume = lambda _p, _g: None
-        self._raw: queue.Queue[tuple[RawRecord, int] | None] = queue.Queue()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode-worker")
+        self._raw: queue.Queue[tuple[Future[Item], int] | None] = queue.Queue()  # fetch order
         self._ready: queue.Queue[tuple[Item, int]] = queue.Queue()
         self._epochs: dict[Partition, int] = {}  # bumped when a partition leaves us
         self._lock = threading.Lock()
@@ -119,6 +125,7 @@ class KafkaSource:
     def close(self) -> None:
         self._stop.set()
         self._raw.put(None)  # wakes the decode thread even if the poll thread died first
+        self._pool.shutdown(wait=False, cancel_futures=True)
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=10)
@@ -186,7 +193,8 @@ class KafkaSource:
         raw = RawRecord(tp.topic, tp.partition, offset, None)
         detail = f"{type(error).__name__}: {error}"[:200]
         epoch = self._epochs.get((tp.topic, tp.partition), 0)
-        self._ready.put((Item(raw, error=DecodeError("unreadable_record", detail)), epoch))
+        refused = Item(raw, error=DecodeError("unreadable_record", detail))
+        self._raw.put((self._pool.submit(lambda: refused), epoch))  # behind earlier records
         consumer.seek(tp, offset + 1)  # the record stays in the topic; its DLQ entry says where
         return True
 
@@ -195,7 +203,7 @@ class KafkaSource:
         for r in records:
             raw = RawRecord(tp.topic, tp.partition, r.offset, r.value, r.key,
                             tuple(r.headers or ()), r.timestamp)  # fmt: skip
-            self._raw.put((raw, epoch))
+            self._raw.put((self._pool.submit(to_item, raw, self._decode), epoch))
 
     def _note_highwater(self, consumer: KafkaConsumer) -> None:
         """Log ends seen in fetch responses, for lag (None until a partition was fetched)."""
@@ -268,11 +276,18 @@ class KafkaSource:
         elif consumer.paused():
             consumer.resume(*consumer.paused())
 
-    # -- decode thread -------------------------------------------------------------------
+    # -- decode pool and its ordering thread ------------------------------------------------
     def _decode_loop(self) -> None:
+        """Items in fetch order; a worker's exception kills this thread (failing the source)."""
         while (entry := self._raw.get()) is not None:
-            raw, epoch = entry
-            self._ready.put((to_item(raw, self._decode), epoch))
+            future, epoch = entry
+            try:
+                item = future.result()
+            except CancelledError:
+                if self._stop.is_set():
+                    return  # closing: the pool dropped what was still queued
+                raise
+            self._ready.put((item, epoch))
 
     # -- rebalances (kafka-python's IO thread) --------------------------------------------
     def drop(self, partitions: set[Partition]) -> None:

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.collectors import with_rank
 from streamer.config import MetricsConfig, Settings
+from streamer.decode import default_decode_workers
 from streamer.distributed import World
 from streamer.health import Check, HealthServer
 from streamer.source import Decode, Source
@@ -28,7 +29,8 @@ def kafka_source(settings: Settings, world: World, decode: Decode) -> Source:
     daemon = settings.daemon
     backoff = (daemon.retry_backoff_seconds, daemon.retry_backoff_max_seconds)
     owns = world.owns if world.active else None  # a fixed share, or the group decides
-    return KafkaSource(settings.kafka, decode, backoff, owns)
+    workers = settings.records.decode_workers or default_decode_workers()
+    return KafkaSource(settings.kafka, decode, backoff, owns, workers)
 
 
 def serve(

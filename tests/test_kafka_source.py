@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import time
+from types import SimpleNamespace
+
+import torch
+from kafka import TopicPartition
 
 from streamer.config import KafkaConfig
 from streamer.kafka_source import KafkaSource
+from streamer.records import DecodeError, Pair, Sample
 
 
 def test_close_does_not_wait_for_a_decode_thread_whose_poll_thread_died():
@@ -15,3 +21,38 @@ def test_close_does_not_wait_for_a_decode_thread_whose_poll_thread_died():
     source.close()
     assert time.monotonic() - started < 2
     assert not source._threads[1].is_alive()
+
+
+def _record(offset: int) -> SimpleNamespace:  # what kafka-python's fetch hands the poll
+    return SimpleNamespace(offset=offset, value=b"v", key=None, headers=[], timestamp=0)
+
+
+def test_the_decode_pool_keeps_offset_order_within_each_partition():
+    """Workers finish in any order (random decode times); items still leave in fetch order,
+    so the ledger's offsets stay exact."""
+    delays = random.Random(0)
+
+    def decode(raw):
+        time.sleep(delays.random() * 0.004)
+        if raw.offset % 7 == 3:
+            raise DecodeError("bad_json", "refused, in its place")
+        return Pair(Sample(f"{raw.partition}-{raw.offset}", b"x", "t"), torch.zeros(1))
+
+    source = KafkaSource(KafkaConfig(topic="pairs"), decode=decode, workers=4)
+    source._threads[1].start()  # the ordering thread; records handed in as the poll would
+    try:
+        for start in range(0, 200, 20):  # fetches of 20, the two partitions interleaved
+            for partition in (0, 1):
+                batch = [_record(o) for o in range(start, start + 20)]
+                source._enqueue(TopicPartition("pairs", partition), batch)
+        items: list = []
+        deadline = time.monotonic() + 20
+        while len(items) < 400 and time.monotonic() < deadline:
+            items += source.get(400 - len(items), timeout=1)
+    finally:
+        source.close()
+    for partition in (0, 1):
+        mine = [i for i in items if i.raw.partition == partition]
+        assert [i.raw.offset for i in mine] == list(range(200))
+        assert all((i.error is not None) == (i.raw.offset % 7 == 3) for i in mine)
+        assert all(i.pair.sample.id == f"{partition}-{i.raw.offset}" for i in mine if i.pair)
