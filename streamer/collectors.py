@@ -60,7 +60,11 @@ class PipelineCollector:
                                   value=s.rebalances)  # fmt: skip
         yield _gauge("replay_items", "Samples held in the buffer.", view.replay_items)
         yield _gauge("replay_capacity", "Buffer capacity.", view.replay_capacity)
-        yield _gauge("replay_bytes", "Encoded bytes held.", view.replay_bytes)
+        yield _gauge(
+            "replay_bytes",
+            "Replay bytes held: encoded images or pixels, and texts (replay.max_bytes bounds it).",
+            view.replay_bytes,
+        )
         yield _gauge("learner_labels", "Label prompts held as scoring candidates.", view.labels)
         yield _gauge("learner_labels_capacity", "Bound on label prompts held (config).",
                      view.labels_capacity)  # fmt: skip

@@ -101,10 +101,10 @@ def build_engine(settings: Settings, world: World | None = None) -> Engine:
     model = ClipModel(settings.model, device, seed=settings.learner.seed)
     learning, template = settings.learner, settings.learner.prompt_template
     decoder = Decoder(settings.kafka.codec, settings.records, model.pixels, model.tokenizer,
-                      template)  # fmt: skip
+                      template, model.image_size)  # fmt: skip
     seconds = settings.evaluation.window_seconds
-    replay = build_replay(settings.replay, settings.replay.seed + world.rank,
-                          lambda s: window_of(s, seconds))  # fmt: skip  # each rank draws its own
+    replay = build_replay(settings.replay, settings.replay.seed + world.rank,  # each its own
+                          lambda s: window_of(s, seconds), device)  # fmt: skip
     teachers = Teachers(model, learning.ema_decay, learning.keeps_ema)
     regularizer = _regularizer(settings, model, teachers, replay, decoder)
     learner = Learner(model, replay, learning, decoder.pair, world=world,
@@ -128,9 +128,14 @@ def _regularizer(settings: Settings, model, teachers, replay, decoder) -> Regula
                     settings.learner.prompt_template, task="distill")]  # fmt: skip
             references = lambda k, rng: rng.sample(held, min(k, len(held)))  # noqa: E731
         else:
-            references = lambda k, rng: [decoder.pair(s) for s in replay.sample(k)]  # noqa: E731
+            references = lambda k, rng: [as_pair(s, decoder) for s in replay.sample(k)]  # noqa: E731
     return Regularizer(cfg, model, teachers, references, settings.learner.prompt_template,
                        settings.learner.seed)  # fmt: skip
+
+
+def as_pair(entry: Sample | Pair, decoder: Decoder) -> Pair:
+    """A replay resident as the model's input: a `pixels` one as held, else decoded."""
+    return entry if isinstance(entry, Pair) else decoder.pair(entry)
 
 
 def reference_probes(

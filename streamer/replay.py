@@ -7,32 +7,53 @@ is below `tau`. Membership depends on keys alone, never on arrival order, so eve
 seen is held with the same probability (capacity / n without a byte budget, as Vitter's
 Algorithm R; with one, the buffer holds fewer but still uniformly drawn samples).
 
-Memory: images stay encoded (JPEG/PNG as received), 10-50x less than decoded tensors;
-`nbytes` is the encoded image plus UTF-8 text bytes held, the figure `max_bytes` bounds.
+Two stores (`replay.store`). `encoded` keeps images as received (JPEG/PNG), 10-50x smaller
+than pixels, and a replayed sample is decoded again each time it is drawn. `pixels` keeps the
+uint8 tensor at model resolution ([3, 224, 224] is 147 KiB), optionally on the device, so a
+draw costs no decoding at all; the encoded image is dropped. `nbytes`, the figure `max_bytes`
+bounds, counts what is held: the encoded image or the pixels, plus the UTF-8 text.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
-from streamer.records import Sample
+import torch
+
+from streamer.records import Pair, Sample
+
+Entry = Sample | Pair  # a resident: encoded, or decoded to pixels (its image bytes dropped)
+Store = Literal["encoded", "pixels"]
+
+
+def sample_of(entry: Entry) -> Sample:
+    return entry.sample if isinstance(entry, Pair) else entry
 
 
 class ReplayBuffer:
     """A uniform sample of the stream, at most `capacity` items and `max_bytes` bytes."""
 
-    def __init__(self, capacity: int, max_bytes: int | None = None, seed: int | str = 0) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        max_bytes: int | None = None,
+        seed: int | str = 0,
+        store: Store = "encoded",
+        device: torch.device | None = None,
+    ) -> None:
         self.capacity = capacity
         self.max_bytes = max_bytes
+        self.store = store
+        self.device = device  # where pixels are kept (None: host memory)
         self._keys = random.Random(f"replay-keys-{seed}")  # membership: one key per sample
         self._rng = random.Random(f"replay-draws-{seed}")  # sample(): independent of keys
         self._heap: list[tuple[float, int]] = []  # (-key, slot): the largest key on top
-        self._items: dict[int, tuple[float, Sample]] = {}  # slot -> (key, sample)
+        self._items: dict[int, tuple[float, Entry]] = {}  # slot -> (key, entry)
         self._next_slot = 0
         self._tau = math.inf  # the smallest key ever evicted: the entry bar
         self._seen = 0
@@ -47,7 +68,7 @@ class ReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        """Encoded image bytes plus UTF-8 text bytes held (what `max_bytes` bounds)."""
+        """Encoded image (or pixel) bytes plus UTF-8 text bytes held (what `max_bytes` bounds)."""
         return self._nbytes
 
     @property
@@ -60,19 +81,28 @@ class ReplayBuffer:
         self.capacity, self.max_bytes = capacity, max_bytes
         self._enforce_budget()
 
-    def add(self, sample: Sample) -> None:
+    def add(self, item: Entry) -> None:
+        """Offer a sample (a decoded Pair is kept as pixels by the `pixels` store)."""
         self._seen += 1
         key = self._keys.random()  # drawn for every sample, held or not: a fixed sequence
         if key >= self._tau:
             return
-        self._insert(key, sample)
+        self._insert(key, self._entry(item))
         self._enforce_budget()
 
-    def _insert(self, key: float, sample: Sample) -> None:
+    def _entry(self, item: Entry) -> Entry:
+        if not isinstance(item, Pair):
+            return item
+        if self.store == "encoded" or item.pixels.dtype != torch.uint8:
+            return item.sample
+        pixels = item.pixels if self.device is None else item.pixels.to(self.device)
+        return Pair(dataclasses.replace(item.sample, image=b""), pixels)
+
+    def _insert(self, key: float, entry: Entry) -> None:
         slot, self._next_slot = self._next_slot, self._next_slot + 1
-        self._items[slot] = (key, sample)
+        self._items[slot] = (key, entry)
         heapq.heappush(self._heap, (-key, slot))
-        self._nbytes += _size(sample)
+        self._nbytes += _size(entry)
 
     def _over_budget(self) -> bool:
         over_bytes = self.max_bytes is not None and self._nbytes > self.max_bytes
@@ -86,31 +116,38 @@ class ReplayBuffer:
             self._nbytes -= _size(victim)
             self._tau = -neg_key
 
-    def items(self) -> list[Sample]:
+    def items(self) -> list[Entry]:
         """The residents in order of arrival (no randomness consumed)."""
         return [self._items[slot][1] for slot in sorted(self._items)]
 
-    def sample(self, k: int) -> list[Sample]:
+    def sample(self, k: int) -> list[Entry]:
         """k distinct residents (fewer if the buffer holds fewer), uniformly at random."""
         return self._rng.sample(self.items(), min(k, len(self._items)))
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain lists, numbers, strings and bytes: loadable with torch.load(weights_only=True)."""
+        """Plain lists, numbers, strings, bytes and uint8 tensors (a `pixels` resident's, on the
+        host): loadable with torch.load(weights_only=True)."""
         slots = sorted(self._items)
+        entries = [self._items[s][1] for s in slots]
         return {
             "capacity": self.capacity,
             "max_bytes": self.max_bytes,
             "seen": self._seen,
             "tau": self._tau,
             "keys": [self._items[s][0] for s in slots],
-            "items": [asdict(self._items[s][1]) for s in slots],
+            "items": [_item_state(e) for e in entries],
+            "pixels": [e.pixels.cpu() if isinstance(e, Pair) else None for e in entries],
             "rng": _rng_state_to_list(self._rng.getstate()),
             "key_rng": _rng_state_to_list(self._keys.getstate()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore; this buffer's own capacity and budget apply (a smaller one evicts)."""
-        samples = [Sample(**item) for item in state["items"]]
+        samples: list[Entry] = [Sample(**{**i, "image": i["image"] or b""}) for i in state["items"]]
+        for i, pixels in enumerate(state.get("pixels") or []):
+            if pixels is not None:  # held as pixels when saved: kept so, whatever the store
+                device_pixels = pixels if self.device is None else pixels.to(self.device)
+                samples[i] = Pair(sample_of(samples[i]), device_pixels)
         self._seen = int(state["seen"])
         self._rng.setstate(_rng_state_from_list(state["rng"]))
         if "keys" in state:
@@ -126,8 +163,17 @@ class ReplayBuffer:
         self._enforce_budget()
 
 
-def _size(sample: Sample) -> int:
-    return len(sample.image) + len(sample.text.encode())
+def _item_state(entry: Entry) -> dict[str, Any]:
+    item = dataclasses.asdict(sample_of(entry))
+    if isinstance(entry, Pair):  # its image was dropped; b"" pickles as a global weights_only
+        item["image"] = None  # refuses to load
+    return item
+
+
+def _size(entry: Entry) -> int:
+    if isinstance(entry, Pair):
+        return entry.pixels.nbytes + len(entry.sample.text.encode())
+    return len(entry.image) + len(entry.text.encode())
 
 
 def _rng_state_to_list(state: tuple) -> list:

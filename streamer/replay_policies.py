@@ -15,9 +15,11 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from streamer.config import ReplayConfig
 from streamer.records import Sample
-from streamer.replay import ReplayBuffer
+from streamer.replay import Entry, ReplayBuffer, sample_of
 
 WindowOf = Callable[[Sample], str]
 
@@ -27,20 +29,24 @@ def _share(total: int | None, parts: int, share: float = 1.0) -> int | None:
 
 
 class PerWindowReplay:
-    def __init__(self, cfg: ReplayConfig, seed: int, window_of: WindowOf) -> None:
+    def __init__(
+        self, cfg: ReplayConfig, seed: int, window_of: WindowOf, device: torch.device | None = None
+    ) -> None:
         self.cfg, self.capacity, self._seed, self._window_of = cfg, cfg.capacity, seed, window_of
+        self.device = device
         self.windows: dict[str, ReplayBuffer] = {}  # in order of arrival
         self._rng = random.Random(f"per-window-draws-{seed}")
         self._seen = 0
 
     def _new(self, window: str) -> ReplayBuffer:
-        return ReplayBuffer(self.cfg.capacity, self.cfg.max_bytes, seed=f"{self._seed}-{window}")
+        return ReplayBuffer(self.cfg.capacity, self.cfg.max_bytes, f"{self._seed}-{window}",
+                            self.cfg.store, self.device)  # fmt: skip
 
-    def add(self, sample: Sample) -> None:
+    def add(self, sample: Entry) -> None:
         self._seen += 1
         if self.capacity == 0:
             return
-        window = self._window_of(sample)
+        window = self._window_of(sample_of(sample))
         if window not in self.windows:
             self.windows[window] = self._new(window)
             while len(self.windows) > min(self.cfg.max_windows, self.capacity):
@@ -53,19 +59,19 @@ class PerWindowReplay:
         for buffer in self.windows.values():
             buffer.resize(self.capacity // parts, _share(self.cfg.max_bytes, parts))
 
-    def sample(self, k: int) -> list[Sample]:
+    def sample(self, k: int) -> list[Entry]:
         """An equal number from each window (the remainder to the newest ones)."""
         buffers = [b for b in self.windows.values() if len(b)]
         if not buffers:
             return []
         per, extra = divmod(min(k, len(self)), len(buffers))
-        out: list[Sample] = []
+        out: list[Entry] = []
         for i, buffer in enumerate(buffers):
             out += buffer.sample(per + (1 if i >= len(buffers) - extra else 0))
         self._rng.shuffle(out)
         return out
 
-    def items(self) -> list[Sample]:
+    def items(self) -> list[Entry]:
         return [s for b in self.windows.values() for s in b.items()]
 
     def __len__(self) -> int:
@@ -95,13 +101,18 @@ class PerWindowReplay:
 
 
 class RecentAndReservoirReplay:
-    def __init__(self, cfg: ReplayConfig, seed: int, window_of: WindowOf) -> None:
+    def __init__(
+        self, cfg: ReplayConfig, seed: int, window_of: WindowOf, device: torch.device | None = None
+    ) -> None:
         self.cfg, self.capacity, self._seed, self._window_of = cfg, cfg.capacity, seed, window_of
+        self.device = device
         share = cfg.recent_share
         self.old = ReplayBuffer(
             cfg.capacity - int(cfg.capacity * share),
             _share(cfg.max_bytes, 1, 1 - share),
-            seed=f"{seed}-all",
+            f"{seed}-all",
+            cfg.store,
+            device,
         )
         self._recent_bounds = (int(cfg.capacity * share), _share(cfg.max_bytes, 1, share))
         self.window: str | None = None
@@ -109,28 +120,29 @@ class RecentAndReservoirReplay:
         self._rng = random.Random(f"recent-draws-{seed}")
 
     def _new_recent(self) -> ReplayBuffer:
-        return ReplayBuffer(*self._recent_bounds, seed=f"{self._seed}-recent-{self.window}")
+        return ReplayBuffer(*self._recent_bounds, f"{self._seed}-recent-{self.window}",
+                            self.cfg.store, self.device)  # fmt: skip
 
-    def add(self, sample: Sample) -> None:
-        window = self._window_of(sample)
+    def add(self, sample: Entry) -> None:
+        window = self._window_of(sample_of(sample))
         if window != self.window:  # the stream moved on: a fresh recent part
             self.window = window
             self.recent = self._new_recent()
         self.recent.add(sample)
         self.old.add(sample)
 
-    def sample(self, k: int) -> list[Sample]:
+    def sample(self, k: int) -> list[Entry]:
         """The recent share of k from the current window, the rest from the whole stream."""
         recent = self.recent.sample(round(k * self.cfg.recent_share))
-        taken = {s.id for s in recent}
-        rest = [s for s in self.old.sample(k) if s.id not in taken][: k - len(recent)]
+        taken = {sample_of(s).id for s in recent}
+        rest = [s for s in self.old.sample(k) if sample_of(s).id not in taken][: k - len(recent)]
         out = recent + rest
         self._rng.shuffle(out)
         return out
 
-    def items(self) -> list[Sample]:
-        held = {s.id: s for s in self.old.items()}
-        held.update({s.id: s for s in self.recent.items()})
+    def items(self) -> list[Entry]:
+        held = {sample_of(s).id: s for s in self.old.items()}
+        held.update({sample_of(s).id: s for s in self.recent.items()})
         return list(held.values())
 
     def __len__(self) -> int:
@@ -157,13 +169,15 @@ class RecentAndReservoirReplay:
         self._rng.setstate(_rng_tuple(state["rng"]))
 
 
-def build_replay(cfg: ReplayConfig, seed: int, window_of: WindowOf):
-    """The configured policy (all share ReplayBuffer's verbs)."""
+def build_replay(cfg: ReplayConfig, seed: int, window_of: WindowOf, device=None):
+    """The configured policy (all share ReplayBuffer's verbs); `device` is the model's, where
+    a `pixels` store with `on_device` keeps its tensors."""
+    keep = device if cfg.store == "pixels" and cfg.on_device else None
     if cfg.policy == "per_window":
-        return PerWindowReplay(cfg, seed, window_of)
+        return PerWindowReplay(cfg, seed, window_of, keep)
     if cfg.policy == "recent_and_reservoir":
-        return RecentAndReservoirReplay(cfg, seed, window_of)
-    return ReplayBuffer(cfg.capacity, cfg.max_bytes, seed)
+        return RecentAndReservoirReplay(cfg, seed, window_of, keep)
+    return ReplayBuffer(cfg.capacity, cfg.max_bytes, seed, cfg.store, keep)
 
 
 def _rng_list(rng: random.Random) -> list:

@@ -7,7 +7,7 @@ import statistics
 
 import torch
 
-from streamer.records import Sample
+from streamer.records import Pair, Sample
 from streamer.replay import ReplayBuffer
 
 # Chi-square critical value, 49 degrees of freedom, p = 0.001.
@@ -161,3 +161,70 @@ def test_an_algorithm_r_state_still_loads():
     buffer.load_state_dict(old)
     assert len(buffer) == 3 and buffer.seen == 10 and buffer.threshold == 0.3
     assert max(buffer.state_dict()["keys"]) < 0.3
+
+
+def _pair(i: int, side: int = 8) -> Pair:
+    pixels = torch.full((3, side, side), i % 256, dtype=torch.uint8)
+    return Pair(_sample(i, size=500), pixels)
+
+
+def test_the_pixels_store_keeps_tensors_drops_the_bytes_and_bounds_them():
+    budget = 20 * (3 * 8 * 8 + 3)  # twenty residents' pixels and texts
+    buffer = ReplayBuffer(1_000, max_bytes=budget, seed=5, store="pixels")
+    for i in range(400):
+        buffer.add(_pair(i))
+        assert buffer.nbytes <= budget
+    held = buffer.items()
+    assert 0 < len(held) <= 20 and all(isinstance(e, Pair) for e in held)
+    assert all(e.sample.image == b"" and e.pixels.dtype == torch.uint8 for e in held)
+    assert buffer.nbytes == sum(e.pixels.nbytes + len(e.sample.text) for e in held)
+    assert all(torch.equal(e.pixels, _pair(int(e.sample.id)).pixels) for e in held)
+
+
+def test_the_pixels_store_holds_the_same_samples_as_the_encoded_store():
+    encoded, pixels = ReplayBuffer(50, seed=6), ReplayBuffer(50, seed=6, store="pixels")
+    for i in range(500):
+        encoded.add(_pair(i))
+        pixels.add(_pair(i))
+    assert [s.id for s in encoded.items()] == [e.sample.id for e in pixels.items()]
+    assert [s.id for s in encoded.sample(9)] == [e.sample.id for e in pixels.sample(9)]
+
+
+def test_float_pixels_are_kept_encoded_by_the_pixels_store():
+    buffer = ReplayBuffer(10, seed=0, store="pixels")
+    buffer.add(Pair(_sample(0), torch.zeros(3, 8, 8)))  # a preprocessing without uint8 output
+    assert isinstance(buffer.items()[0], Sample)
+
+
+def test_pixels_store_round_trip_through_a_checkpoint_continues_identically(tmp_path):
+    budget = 30 * (3 * 8 * 8 + 3)
+    a = ReplayBuffer(64, max_bytes=budget, seed=7, store="pixels")
+    for i in range(300):
+        a.add(_pair(i))
+    torch.save(a.state_dict(), tmp_path / "replay.pt")  # what the checkpoint does
+    b = ReplayBuffer(64, max_bytes=budget, seed=0, store="pixels")
+    b.load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=True))
+    assert b.nbytes == a.nbytes
+    for x, y in zip(a.items(), b.items(), strict=True):
+        assert x.sample == y.sample and torch.equal(x.pixels, y.pixels)
+    for i in range(300, 600):
+        a.add(_pair(i))
+        b.add(_pair(i))
+    assert [e.sample.id for e in a.items()] == [e.sample.id for e in b.items()]
+    assert [e.sample.id for e in a.sample(10)] == [e.sample.id for e in b.sample(10)]
+    assert a.nbytes == b.nbytes <= budget
+
+
+def test_an_encoded_checkpoint_loads_into_the_pixels_store_and_back():
+    encoded = ReplayBuffer(20, seed=8)
+    for i in range(50):
+        encoded.add(_sample(i))
+    as_pixels = ReplayBuffer(20, seed=8, store="pixels")
+    as_pixels.load_state_dict(encoded.state_dict())  # residents stay encoded: decoded on draw
+    assert [s.id for s in as_pixels.items()] == [s.id for s in encoded.items()]
+    held = ReplayBuffer(20, seed=9, store="pixels")
+    for i in range(50):
+        held.add(_pair(i))
+    back = ReplayBuffer(20, seed=9)
+    back.load_state_dict(held.state_dict())  # pixels stay pixels: nothing to decode them from
+    assert all(isinstance(e, Pair) for e in back.items()) and back.nbytes == held.nbytes

@@ -43,8 +43,17 @@ class ReplayConfig(Section):
     max_bytes: int | None = Field(
         None,
         ge=1,
-        description="Optional budget on held image and text bytes (the reservoir stays "
-        "uniform: it holds fewer samples).",
+        description="Optional budget on held image (or pixel) and text bytes (the reservoir "
+        "stays uniform: it holds fewer samples).",
+    )
+    store: Literal["encoded", "pixels"] = Field(
+        "encoded",
+        description="encoded: images as received (small; a replayed one is decoded again on "
+        "the training thread each draw); pixels: uint8 tensors at model resolution (147 KiB "
+        "at 224 px), no decoding when drawn: the choice for a GPU.",
+    )
+    on_device: bool = Field(
+        False, description="pixels store: keep the tensors on the model's device (GPU memory)."
     )
     policy: Literal["reservoir", "per_window", "recent_and_reservoir"] = Field(
         "reservoir",
@@ -86,6 +95,11 @@ class LearnerConfig(Section):
         "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU."
     )
     seed: int = Field(0, description="Seed for torch (LoRA init, dropout).")
+    compile: bool = Field(
+        False,
+        description="torch.compile the image and text towers (restart needed; the first steps "
+        "pay the compilation, measured in benchmarks/throughput.py --compile).",
+    )
     sit_directions: Literal["both", "image_to_text"] = Field(
         "both",
         description="sit: image->text and text->image (ours), or image->text only (the paper's).",
