@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 from streamer import losses
+from streamer.batches import UpdateBatches
 from streamer.config import LearnerConfig
 from streamer.distributed import World
 from streamer.labels import LabelSet
 from streamer.model import ClipModel
 from streamer.records import Pair, Sample, StepResult
-from streamer.replay import ReplayBuffer
+from streamer.replay import Entry, ReplayBuffer
 from streamer.strategies import Regularizer
 from streamer.teachers import Teachers
 
@@ -50,8 +51,12 @@ class Learner:
         self.gather_features = gather_features
         self.replay = replay
         self.cfg = cfg
-        self._to_pair = to_pair  # decodes replayed samples
+        self._to_pair = to_pair  # decodes replayed samples of the encoded store
         self._clock = clock
+        self._model_seconds = 0.0  # this step's time in the model's own work
+        self._batches = UpdateBatches(model)  # fresh rows once a step, replayed per update
+        if cfg.compile:
+            model.compile()
         self._params = list(model.trainable_parameters().values())
         self.optimizer = torch.optim.AdamW(
             self._params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
@@ -76,18 +81,20 @@ class Learner:
 
     def step(self, fresh: Sequence[Pair]) -> StepResult:
         """Test, then train: score the fresh batch, run the optimizer steps, then remember it."""
-        start = self._clock()
-        pre_loss, pre_acc = self.score(fresh)
+        start, self._model_seconds = self._clock(), 0.0
+        fresh_pixels = self._batches.stage(fresh, self.cfg.replay_per_step)  # once a step
+        pre_loss, pre_acc = self.score(fresh, fresh_pixels)
         self._learn_labels(fresh)
-        applied: list[float] = []
+        applied: list[torch.Tensor] = []  # read back once, after the updates
         for _ in range(self.cfg.steps_per_batch):
-            replayed = [self._to_pair(s) for s in self.replay.sample(self.cfg.replay_per_step)]
-            loss = self._update([*fresh, *replayed])
+            drawn = [self._as_pair(e) for e in self.replay.sample(self.cfg.replay_per_step)]
+            pixels = self._batches.join(drawn)
+            loss = self._update([*fresh, *drawn], pixels)
             if loss is not None:
                 applied.append(loss)
         self.model.net.eval()  # outside updates the model serves and is evaluated
         for pair in fresh:
-            self.replay.add(pair.sample)
+            self.replay.add(pair)  # the pixels store keeps the decoded tensor
         self.steps += 1
         self.samples += len(fresh)
         skipped = self.cfg.steps_per_batch - len(applied)
@@ -96,7 +103,7 @@ class Learner:
             step=self.steps,
             samples=len(fresh),
             replayed=min(self.cfg.replay_per_step, len(self.replay)),
-            loss=sum(applied) / len(applied) if applied else float("nan"),
+            loss=float(torch.stack(applied).mean()) if applied else float("nan"),
             prequential_loss=pre_loss,
             prequential_accuracy=pre_acc,
             updates=len(applied),
@@ -104,7 +111,11 @@ class Learner:
             seconds=self._clock() - start,
             lr=self.optimizer.param_groups[0]["lr"],
             logit_scale=float(self.model.logit_scale().detach()),
+            model_seconds=self._model_seconds,
         )
+
+    def _as_pair(self, entry: Entry) -> Pair:
+        return entry if isinstance(entry, Pair) else self._to_pair(entry)
 
     def idle_step(self) -> None:
         """A rank without data this turn: join the turn's collectives, apply the same update."""
@@ -114,59 +125,88 @@ class Learner:
         self.steps += 1  # the global step count: the same on every rank
 
     @torch.no_grad()
-    def score(self, batch: Sequence[Pair]) -> tuple[float, float]:
+    def score(
+        self, batch: Sequence[Pair], pixels: torch.Tensor | None = None
+    ) -> tuple[float, float]:
         """Loss and top-1 accuracy on a batch the model has not learned from.
 
         Candidates: the label prompts held (the `max_labels` most recently seen) plus this
         batch's own texts, so a labelled image competes with the known classes and a caption
         with its batch mates.
         """
-        self.model.net.eval()
+        if self.model.net.training:  # eval() walks every module: only when it must
+            self.model.net.eval()
+        pixels = self._pixels(batch) if pixels is None else pixels
+        prompts = self._prompts(batch)
+        started = self._clock()
         with self._autocast():
-            img = self.model.encode_images(_pixels(batch))
-            prompts = self._prompts(batch)
+            img = self.model.encode_images(pixels)
             known = self.labels
             candidates, target = losses.unique_targets([*known, *prompts])
             txt = self.model.encode_texts(candidates)
             target = target[len(known) :].to(img.device)
             accuracy = (img @ txt.t()).argmax(dim=1).eq(target).float().mean()
             loss = self._loss(img, prompts, self.model.logit_scale())
-        return float(loss), float(accuracy)
+        figures = float(loss), float(accuracy)
+        self._model_seconds += self._clock() - started
+        return figures
 
-    def _update(self, batch: list[Pair]) -> float | None:
+    def _update(self, batch: list[Pair], pixels: torch.Tensor | None = None) -> torch.Tensor | None:
         """One optimizer step; skipped (weights untouched) on a non-finite loss or gradient.
+        Returns the loss, detached, left on the device.
 
-        Distributed, every rank's gradient joins the average (an empty batch with zero
-        weight), and a non-finite loss on any rank makes every rank skip.
+        Alone, an update reads one flag back from the device (loss and gradient norm both
+        finite); distributed, every rank's gradient joins the average (an empty batch with
+        zero weight), and a non-finite loss on any rank makes every rank skip.
         """
-        self.model.net.train()
+        if not self.model.net.training:  # train() walks every module: only when it must
+            self.model.net.train()
+        if pixels is None and batch:
+            pixels = self._pixels(batch)
+        prompts = self._prompts(batch)
+        started = self._clock()
+        try:
+            return self._apply(batch, pixels, prompts)
+        finally:
+            self._model_seconds += self._clock() - started
+
+    def _apply(self, batch: list[Pair], pixels, prompts: list[str]) -> torch.Tensor | None:
         self.optimizer.zero_grad(set_to_none=True)
         gather = self._gathering()
         loss = None
         if batch or gather:  # a rank without data still joins the feature gather
             with self._autocast():
-                img = self.model.encode_images(_pixels(batch)) if batch else self._no_rows()
+                img = self.model.encode_images(pixels) if batch else self._no_rows()
                 scale = self.model.logit_scale()
-                prompts = self._prompts(batch)
                 loss = self._loss(img, prompts, scale, gather=gather)
                 if self.regularizer is not None and batch:
-                    loss = loss + self.regularizer.term(batch, img, prompts, scale)
-        finite = loss is None or bool(torch.isfinite(loss))
-        if loss is not None and batch and finite:
-            loss.backward()
-        weight = float(bool(batch)) if gather else float(len(batch))
-        if not self.world.reduce_gradients(self._params, weight, finite, mean=not gather):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
+                    loss = loss + self.regularizer.term(pixels, img, prompts, scale)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
-        if not torch.isfinite(norm):
+        if self.world.active:
+            finite = loss is None or bool(torch.isfinite(loss))
+            if loss is not None and batch and finite:
+                loss.backward()
+            weight = float(bool(batch)) if gather else float(len(batch))
+            if not self.world.reduce_gradients(self._params, weight, finite, mean=not gather):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            ok = torch.isfinite(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
+        else:
+            if loss is not None:
+                loss.backward()  # a non-finite loss leaves non-finite gradients: skipped below
+            ok = torch.isfinite(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
+            if loss is not None:
+                ok = ok & torch.isfinite(loss.detach())
+        if not bool(ok):  # the update's one read-back from the device
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
         if self.teachers is not None:
             self.teachers.after_update()
-        return float(loss.detach()) if loss is not None else None
+        return loss.detach() if loss is not None else None
+
+    def _pixels(self, batch: Sequence[Pair]) -> torch.Tensor:
+        return self._batches.stack(batch)
 
     def _gathering(self) -> bool:
         return self.gather_features and self.cfg.loss == "sit" and self.world.active
@@ -250,7 +290,3 @@ class Learner:
             self.teachers.load_state_dict(state.get("teachers"))
         if self.regularizer is not None:
             self.regularizer.load_state_dict(state.get("regularizer"))
-
-
-def _pixels(batch: Sequence[Pair]) -> torch.Tensor:
-    return torch.stack([p.pixels for p in batch])  # [B, 3, H, W]

@@ -37,7 +37,8 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    """A decoded sample ready for the model: pixels [3, H, W] after the model's preprocessing."""
+    """A decoded sample ready for the model: pixels [3, H, W] at model resolution, uint8 (the
+    model normalises them on its device) or, from another preprocessing, already floats."""
 
     sample: Sample
     pixels: torch.Tensor
@@ -58,6 +59,7 @@ class StepResult:
     seconds: float
     lr: float
     logit_scale: float
+    model_seconds: float = 0.0  # of `seconds`, spent in forward, backward and optimizer
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ added with weight lambda.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,24 +46,25 @@ class Regularizer:
         self._rng = random.Random(f"regularizer-{seed}")  # which reference pairs
 
     def term(
-        self, batch: Sequence[Pair], img: torch.Tensor, prompts: list[str], scale: torch.Tensor
+        self, pixels: torch.Tensor, img: torch.Tensor, prompts: list[str], scale: torch.Tensor
     ) -> torch.Tensor:
-        """lambda * the term, for the update on `batch` (img [B, D] the student's)."""
+        """lambda * the term, for the update on `pixels` [B, 3, H, W] (img [B, D] the student's
+        embeddings of them, prompts their texts)."""
         if self.cfg.kind == "l2":
             now = self.teachers.current(grad=True)
             teacher = self.teachers.pieces(self.cfg.teacher)
             value = losses.l2_toward(list(now.values()), [teacher[n] for n in now])
         elif self.cfg.kind == "structure":
-            value = self._structure(batch, img, prompts, scale)
+            value = self._structure(pixels, img, prompts, scale)
         else:
             value = self._logits(scale)
         return self.cfg.weight * value
 
-    def _structure(self, batch, img, prompts, scale) -> torch.Tensor:
+    def _structure(self, pixels, img, prompts, scale) -> torch.Tensor:
         texts, target = losses.unique_targets(prompts)
         txt = self.model.encode_texts(texts)  # [T, D] the student's, with its gradient
         with self.teachers.view(self.cfg.teacher) as net:
-            img_t = self.model.encode_images(_pixels(batch), net)  # [B, D]
+            img_t = self.model.encode_images(pixels, net)  # [B, D]
             txt_t = self.model.encode_texts(texts, net)  # [T, D]
         target = target.to(img.device)
         return losses.structure(img, txt, target, img_t, txt_t, scale / self.cfg.temperature)
@@ -73,7 +74,7 @@ class Regularizer:
         if not pairs:
             return scale * 0.0  # nothing to distil on yet: a zero with a gradient path
         texts, _ = losses.unique_targets([p.sample.prompt(self._template) for p in pairs])
-        pixels = _pixels(pairs)
+        pixels = self.model.stack_pixels([p.pixels for p in pairs])
         student = scale * self.model.encode_images(pixels) @ self.model.encode_texts(texts).t()
         with self.teachers.view(self.cfg.teacher) as net:
             img_t = self.model.encode_images(pixels, net)
@@ -88,7 +89,3 @@ class Regularizer:
         if state:
             version, internal, gauss = state["rng"]
             self._rng.setstate((version, tuple(internal), gauss))
-
-
-def _pixels(batch: Sequence[Pair]) -> torch.Tensor:
-    return torch.stack([p.pixels for p in batch])  # [B, 3, H, W]

@@ -97,9 +97,10 @@ def test_each_regularizer_is_zero_at_its_teacher_and_has_a_gradient_after_learni
 
 def _term(engine, pairs):
     engine.model.net.train()
-    img = engine.model.encode_images(torch.stack([p.pixels for p in pairs]))
+    pixels = engine.model.stack_pixels([p.pixels for p in pairs])
+    img = engine.model.encode_images(pixels)
     prompts = [p.sample.prompt("a photo of a {label}.") for p in pairs]
-    return engine.learner.regularizer.term(pairs, img, prompts, engine.model.logit_scale())
+    return engine.learner.regularizer.term(pixels, img, prompts, engine.model.logit_scale())
 
 
 def test_the_ema_of_lora_averages_the_products_b_a_not_the_factors(digit_stream):
