@@ -1,4 +1,5 @@
-"""Daemon throughput against the learner's bare step and a naive loop, same settings, one run.
+"""Daemon throughput against the learner's bare step and a naive loop, same settings, one run;
+then what feeding a GPU takes, with web-size JPEG records (feed.py).
 
 Per model, each mode in a fresh process (so peak RSS is its own):
 (a) bare: learner.step on pre-decoded batches already in memory — the ceiling;
@@ -6,10 +7,11 @@ Per model, each mode in a fresh process (so peak RSS is its own):
     checkpointed and committed; then a second daemon on records produced at 70% of its own rate,
     for produce-to-trained latency (p50/p99, from each record's Kafka timestamp);
 (c) naive: the loop a user would write, one thread: poll, decode, step, commit.
-Also peak RSS, RSS growth from the third step to the end, and replay bytes per sample.
+Also peak RSS, RSS growth from the third step to the end, and replay bytes per sample;
+with --compile, (a) again with learner.compile (torch.compile), its first step timed apart.
 
     .venv/bin/python benchmarks/throughput.py [--models streamer-tiny streamer-demo ViT-B-32]
-        [--scale 1.0] [--device cuda --precision bf16]
+        [--scale 1.0] [--device cuda --precision bf16] [--compile] [--feed-records 640]
 """
 
 from __future__ import annotations
@@ -29,17 +31,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import feed
 import torch
 from kafka import KafkaConsumer
 
-from streamer import __version__, codec
+from streamer import __version__
 from streamer.config import Settings, StreamConfig
 from streamer.daemon import Daemon
 from streamer.dev import datasets
 from streamer.dev.broker import EmbeddedBroker
-from streamer.pipeline import build_engine, pair_of
+from streamer.dev.produce import ensure_topic, publish
+from streamer.kafka_group import client_options
+from streamer.pipeline import build_engine
 from streamer.records import RawRecord
-from streamer.sink import client_options, ensure_topic, publish
 
 # Steps are timed after WARMUP steps (allocators, first-touch); sizes fit 2 CPU cores.
 WARMUP = 2
@@ -50,12 +54,13 @@ MODELS: dict[str, dict[str, int]] = {
 }
 
 
-def settings_for(arch: str, size: dict[str, int], args, bootstrap: str, topic: str, tmp: Path):
+def settings_for(arch: str, size: dict[str, int], args, bootstrap: str, topic: str, tmp: Path,
+                 compiled: bool = False):  # fmt: skip
     return Settings.model_validate({
         "model": {"arch": arch, "peft": {"mode": "full"}},
         "learner": {"batch_size": size["batch_size"], "steps_per_batch": size["steps_per_batch"],
                     "replay_per_step": size["replay"], "device": args.device,
-                    "precision": args.precision},
+                    "precision": args.precision, "compile": compiled},
         "replay": {"capacity": 2000},
         "evaluation": {"probe_fraction": 0.0, "eval_every": 10**9},
         "kafka": {"bootstrap_servers": [bootstrap], "topic": topic, "group_id": f"g-{topic}",
@@ -112,10 +117,12 @@ def bare(settings: Settings, n: int, threads: int) -> dict[str, Any]:
     engine = build_engine(settings)
     batch = settings.learner.batch_size
     pairs = [engine.to_pair(s) for s in samples_for(n)]  # decoded up front: not timed
-    meter = Meter(batch)
+    meter, first = Meter(batch), None
     for i in range(0, len(pairs) - batch + 1, batch):
-        meter.step(engine.learner.step(pairs[i : i + batch]))
-    return meter.result(engine)
+        result = engine.learner.step(pairs[i : i + batch])
+        first = result.seconds if first is None else first
+        meter.step(result)
+    return meter.result(engine) | {"first_step_s": first}
 
 
 def daemon(settings: Settings, n: int, threads: int) -> dict[str, Any]:
@@ -129,7 +136,7 @@ def daemon(settings: Settings, n: int, threads: int) -> dict[str, Any]:
             if meter is not None:
                 meter.step(outcome.result)
             latencies.extend(d.last_latencies)
-            if d.counts["trained"] >= count:
+            if d.ledger.counts["trained"] >= count:
                 d.stop.set()
 
         return on_step
@@ -137,7 +144,7 @@ def daemon(settings: Settings, n: int, threads: int) -> dict[str, Any]:
     latencies: list[float] = []
     d = Daemon(settings, on_step=until(n, meter))
     d.run()
-    out = meter.result(d.engine) | {"checkpoint": d.last_checkpoint}
+    out = meter.result(d.engine) | {"checkpoint": d.persistence.last}
     # Latency: a fresh topic fed at 70% of the rate just measured for about 20 s, once the
     # daemon is in its group (so start-up is not counted as latency).
     paced_rate = 0.7 * out["samples_per_s"]
@@ -186,11 +193,8 @@ def naive(settings: Settings, n: int, threads: int) -> dict[str, Any]:
         records = [r for batch in polled.values() for r in batch]
         if not records:
             continue
-        pairs = []
-        for r in records:
-            raw = RawRecord(r.topic, r.partition, r.offset, r.value, r.key,
-                            tuple(r.headers or ()), r.timestamp)  # fmt: skip
-            pairs.append(pair_of(engine.model, codec.parse(raw, k.codec, settings.records)))
+        pairs = [engine.decoder.decode(RawRecord(r.topic, r.partition, r.offset, r.value, r.key,
+                 tuple(r.headers or ()), r.timestamp)) for r in records]  # fmt: skip
         outcome = engine.learn(pairs)
         consumer.commit()
         trained += len(pairs)
@@ -212,6 +216,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="Also (a) with torch.compile.")
+    parser.add_argument("--feed-records", type=int, default=640, help="0: skip feed.py.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     results = []
@@ -222,8 +228,8 @@ def main() -> None:
                 size = MODELS.get(arch, MODELS["ViT-B-32"])
                 n = int(size["records"] * args.scale)
 
-                def make(topic: str, arch: str = arch, size: dict = size) -> Settings:
-                    return settings_for(arch, size, args, broker.bootstrap, topic, tmp)
+                def make(topic: str, arch: str = arch, size: dict = size, compiled=False):
+                    return settings_for(arch, size, args, broker.bootstrap, topic, tmp, compiled)
 
                 tag = arch.lower().replace("-", "")
                 t = args.threads
@@ -234,14 +240,21 @@ def main() -> None:
                 row = {"model": arch, **size, "records": n, "bare": a, "daemon": b, "naive": c,
                        "ratio_daemon_over_bare": b[rate] / a[rate],
                        "ratio_daemon_over_naive": b[rate] / c[rate]}  # fmt: skip
+                if args.compile:
+                    row["bare_compiled"] = in_process(bare, make(f"{tag}-c", compiled=True), n, t)
+                    row["ratio_compiled_over_bare"] = row["bare_compiled"][rate] / a[rate]
                 print(json.dumps(row), flush=True)
                 results.append(row)
+            fed = None
+            if args.feed_records:
+                fed = feed.run(in_process, broker.bootstrap, args.feed_records, args.threads)
+                print(json.dumps(fed), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    write(results, args)
+    write(results, fed, args)
 
 
-def write(results: list[dict], args) -> None:
+def write(results: list[dict], fed: dict | None, args) -> None:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     machine = {"platform": platform.platform(), "python": platform.python_version(),
                "torch": torch.__version__, "streamer": __version__, "threads": args.threads,
@@ -250,9 +263,8 @@ def write(results: list[dict], args) -> None:
     command = " ".join(["benchmarks/throughput.py", *sys.argv[1:]])
     suffix = "" if args.device == "cpu" else f"-{args.device.replace(':', '')}"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"throughput{suffix}.json").write_text(
-        json.dumps({"command": command, "machine": machine, "results": results}, indent=1) + "\n"
-    )
+    report = {"command": command, "machine": machine, "results": results, "feed": fed}
+    (args.out / f"throughput{suffix}.json").write_text(json.dumps(report, indent=1) + "\n")
     mib = 2**20
     lines = [
         f"# Throughput ({args.device}, {args.threads} threads)", "",
@@ -277,6 +289,8 @@ def write(results: list[dict], args) -> None:
             f"{b['latency_p99_s']:.2f} | {b['peak_rss_bytes'] / mib:.0f} | "
             f"{b['rss_growth_bytes'] / mib:+.1f} | {b['replay_bytes_per_sample']:.0f} |"
         )
+    lines += feed.compiled(results)
+    lines += feed.markdown(fed) if fed else []
     (args.out / f"throughput{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -77,6 +77,7 @@ class Daemon:
         self.stopping = Stopping(lambda: self.settings.daemon.grace_seconds)
         self.stop = self.stopping.flag
         self.last_step = time.time()  # the stall clock starts at start-up
+        self.last_latencies: list[float] = []  # of the last batch trained
         self.metrics_port: int | None = None
         self.publisher = wiring.publisher(settings, self.world, self.metrics.registry,
                                           lambda: self.engine.learner.steps)  # fmt: skip
@@ -156,9 +157,9 @@ class Daemon:
         pairs = [i.pair for i in items if i.pair is not None]
         if pairs or train:
             outcome = self.engine.learn(pairs, step_anyway=train)
-            now = time.time()
-            self.metrics.observe_latencies([now - i.raw.timestamp_ms / 1000 for i in items
-                                            if i.pair is not None])  # fmt: skip
+            now = time.time()  # produce-to-trained, kept for an on_step hook (benchmarks)
+            self.last_latencies = [now - i.raw.timestamp_ms / 1000 for i in items if i.pair]
+            self.metrics.observe_latencies(self.last_latencies)
             self._account(pairs, outcome)
         for item in items:
             self.ledger.advance(item.partition, item.raw.offset)
