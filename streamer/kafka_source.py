@@ -194,7 +194,7 @@ class KafkaSource:
         detail = f"{type(error).__name__}: {error}"[:200]
         epoch = self._epochs.get((tp.topic, tp.partition), 0)
         refused = Item(raw, error=DecodeError("unreadable_record", detail))
-        self._raw.put((self._pool.submit(lambda: refused), epoch))  # behind earlier records
+        self._submit(epoch, lambda: refused)  # behind the records fetched before it
         consumer.seek(tp, offset + 1)  # the record stays in the topic; its DLQ entry says where
         return True
 
@@ -203,7 +203,14 @@ class KafkaSource:
         for r in records:
             raw = RawRecord(tp.topic, tp.partition, r.offset, r.value, r.key,
                             tuple(r.headers or ()), r.timestamp)  # fmt: skip
-            self._raw.put((self._pool.submit(to_item, raw, self._decode), epoch))
+            self._submit(epoch, to_item, raw, self._decode)
+
+    def _submit(self, epoch: int, fn, *args) -> None:
+        try:
+            self._raw.put((self._pool.submit(fn, *args), epoch))
+        except RuntimeError:  # closing: the pool is shut; nothing uncommitted is lost
+            if not self._stop.is_set():
+                raise
 
     def _note_highwater(self, consumer: KafkaConsumer) -> None:
         """Log ends seen in fetch responses, for lag (None until a partition was fetched)."""

@@ -64,3 +64,10 @@ def test_fetched_batches_are_checksummed_in_c():
     from kafka.record import util
 
     assert util.crc32c_c is not None
+
+
+def test_records_fetched_while_closing_are_dropped_not_a_crash():
+    source = KafkaSource(KafkaConfig(topic="pairs"), decode=lambda raw: None, workers=2)
+    source.close()  # the poll thread may still hand in a fetch it made just before
+    source._enqueue(TopicPartition("pairs", 0), [_record(0)])  # uncommitted: re-read later
+    assert source.failure() is None
