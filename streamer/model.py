@@ -127,7 +127,11 @@ class ClipModel:
         image = self._geometry(image)
         if image.mode != "RGB":
             image = image.convert("RGB")
-        return torch.from_numpy(np.array(image, np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+        # HWC -> CHW in numpy: a torch copy this size would use the intra-op thread pool from
+        # a decode worker, and its threads contend with the other workers and training
+        return torch.from_numpy(
+            np.ascontiguousarray(np.asarray(image, np.uint8).transpose(2, 0, 1))
+        )
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels [B, 3, H, W] on the device -> the model's input, as its transform would
