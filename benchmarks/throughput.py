@@ -11,7 +11,7 @@ Also peak RSS, RSS growth from the third step to the end, and replay bytes per s
 with --compile, (a) again with learner.compile (torch.compile), its first step timed apart.
 
     .venv/bin/python benchmarks/throughput.py [--models streamer-tiny streamer-demo ViT-B-32]
-        [--scale 1.0] [--device cuda --precision bf16] [--compile] [--feed-records 640]
+        [--scale 1.0] [--device cuda --precision bf16] [--compile] [--feed-records 1280]
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="Also (a) with torch.compile.")
-    parser.add_argument("--feed-records", type=int, default=640, help="0: skip feed.py.")
+    parser.add_argument("--feed-records", type=int, default=1280, help="0: skip feed.py.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     results = []
