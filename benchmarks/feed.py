@@ -25,12 +25,12 @@ from typing import Any
 import torch
 
 from streamer.config import Settings, StreamConfig
-from streamer.decode import Decoder
 from streamer.dev import datasets
 from streamer.dev.produce import publish
 from streamer.dev.web_images import realistic
-from streamer.kafka_source import KafkaSource
-from streamer.pipeline import build_engine
+from streamer.intake.decode import Decoder
+from streamer.intake.kafka_source import KafkaSource
+from streamer.service.pipeline import build_engine
 
 ARCH = "streamer-tiny-224"
 MODELS = Path(__file__).parent / "models"

@@ -24,8 +24,8 @@ import torch
 
 from streamer.config import Settings
 from streamer.dev import scenarios
-from streamer.pipeline import build_engine, run_stream
 from streamer.records import Sample
+from streamer.service.pipeline import build_engine, run_stream
 
 METHODS: dict[str, dict[str, Any]] = {
     "sit+replay": {},
@@ -94,7 +94,7 @@ def run(method: str, base: Path, distill: Path, seed: int, device: str) -> dict[
 
 
 def _with_reference(engine, seed: int):
-    from streamer.evaluate import Evaluator
+    from streamer.evaluation.evaluate import Evaluator
 
     cfg = engine.evaluator.cfg
     return Evaluator(cfg, engine.model, engine.decoder.pixels,

@@ -25,8 +25,8 @@ import torch
 from streamer import __version__
 from streamer.config import Settings, StreamConfig
 from streamer.dev import datasets
-from streamer.pipeline import Engine, build_engine
 from streamer.records import Pair, Sample
+from streamer.service.pipeline import Engine, build_engine
 
 BATCH, UPDATES, REPLAY = 32, 3, 32
 WARMUP = 2  # steps left out of the start window (allocator and caches settle)

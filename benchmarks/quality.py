@@ -37,8 +37,8 @@ import torch
 from streamer import __version__
 from streamer.config import Settings, StreamConfig
 from streamer.dev import datasets
-from streamer.pipeline import build_engine, run_stream
 from streamer.records import Sample
+from streamer.service.pipeline import build_engine, run_stream
 
 METHODS: dict[str, dict[str, Any]] = {
     "frozen": {"loss": "sit", "replay": 0, "frozen": True},

@@ -19,7 +19,7 @@ import torch
 from streamer import __version__
 from streamer.config import Settings
 from streamer.dev import datasets
-from streamer.pipeline import build_engine
+from streamer.service.pipeline import build_engine
 
 CASES = [("streamer-tiny", "lora"), ("streamer-tiny", "full"),
          ("streamer-demo", "lora"), ("streamer-demo", "full")]  # fmt: skip

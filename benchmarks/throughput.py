@@ -37,13 +37,13 @@ from kafka import KafkaConsumer
 
 from streamer import __version__
 from streamer.config import Settings, StreamConfig
-from streamer.daemon import Daemon
 from streamer.dev import datasets
 from streamer.dev.broker import EmbeddedBroker
 from streamer.dev.produce import ensure_topic, publish
-from streamer.kafka_group import client_options
-from streamer.pipeline import build_engine
+from streamer.intake.kafka_group import client_options
 from streamer.records import RawRecord
+from streamer.service.daemon import Daemon
+from streamer.service.pipeline import build_engine
 
 # Steps are timed after WARMUP steps (allocators, first-touch); sizes fit 2 CPU cores.
 WARMUP = 2

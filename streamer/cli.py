@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from streamer import __version__, logs
 from streamer.config import Settings, config_hash, load_settings
-from streamer.config_text import describe_errors, effective
+from streamer.config.text import describe_errors, effective
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def simulate(args: argparse.Namespace) -> int:
     """The learning engine on an in-process dataset stream, with progress and a summary."""
     from streamer.dev import datasets
     from streamer.dev.report import progress_line, summary_table, write_summary
-    from streamer.pipeline import build_engine, run_stream
+    from streamer.service.pipeline import build_engine, run_stream
 
     settings = _settings(args)
     engine = build_engine(settings)
@@ -91,10 +91,10 @@ def check_config(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """The daemon: consume, learn, checkpoint, commit, until SIGTERM. Under torchrun, one
     rank of a job that learns one model (see README, "Scale-out")."""
-    from streamer.daemon import Daemon
-    from streamer.manifest import ManifestError
-    from streamer.model import ModelLoadError
-    from streamer.reload import ConfigWatcher
+    from streamer.intake.manifest import ManifestError
+    from streamer.learning.model import ModelLoadError
+    from streamer.service.daemon import Daemon
+    from streamer.service.reload import ConfigWatcher
 
     watcher = ConfigWatcher(args.config, _overrides(args.set))
     settings = _settings(args)
@@ -148,7 +148,7 @@ def pretrain(args: argparse.Namespace) -> int:
 
 def explain(args: argparse.Namespace) -> int:
     """The misalignment diagnosis of a checkpoint, from its own probes; no broker needed."""
-    from streamer.explain import explain as diagnose
+    from streamer.service.explain import explain as diagnose
 
     settings = _settings(args) if args.config else None
     print(diagnose(args.checkpoint, settings))
@@ -165,8 +165,8 @@ def _checkpoint_dir(args: argparse.Namespace) -> Path:
 
 def export(args: argparse.Namespace) -> int:
     """A checkpoint as adapters or a merged open_clip file, with its manifest."""
-    from streamer.checkpoint import load_latest, read
-    from streamer.export import export as write_export
+    from streamer.state.checkpoint import load_latest, read
+    from streamer.state.export import export as write_export
 
     directory = _checkpoint_dir(args)
     ckpt = (
@@ -183,8 +183,8 @@ def export(args: argparse.Namespace) -> int:
 
 def rollback(args: argparse.Namespace) -> int:
     """On a stopped daemon's checkpoints: the model of --to, the offsets and counts of now."""
-    from streamer.rollback import RollbackError
-    from streamer.rollback import rollback as roll_back
+    from streamer.state.rollback import RollbackError
+    from streamer.state.rollback import rollback as roll_back
 
     try:
         written = roll_back(_checkpoint_dir(args), args.to)

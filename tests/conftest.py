@@ -11,8 +11,8 @@ import torch
 
 from streamer.config import Settings, StreamConfig
 from streamer.dev import datasets
-from streamer.pipeline import Engine, build_engine
 from streamer.records import Sample
+from streamer.service.pipeline import Engine, build_engine
 
 torch.set_num_threads(2)  # the CI machine's size; also keeps CPU results reproducible
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from streamer import alignment
+from streamer.evaluation import alignment
 
 THRESHOLD = 0.2  # deficit that alarms in these cases
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamer.checkpoint import Checkpointer, CheckpointError, complete_checkpoints, load_latest
 from streamer.config import CheckpointConfig
+from streamer.state.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    complete_checkpoints,
+    load_latest,
+)
 
 
 def _save(ckpt: Checkpointer, step: int) -> str:
@@ -106,8 +111,8 @@ def test_pruning_keeps_the_last_k_and_removes_older_damaged_ones(tmp_path):
 
 
 def test_no_usable_checkpoint_among_several_refuses_to_start_from_the_base(tmp_path):
-    from streamer.distributed import World
-    from streamer.snapshot import share_out
+    from streamer.learning.distributed import World
+    from streamer.state.snapshot import share_out
 
     ckpt = Checkpointer(CheckpointConfig(dir=tmp_path))
     _save(ckpt, 1)
@@ -124,7 +129,7 @@ def test_no_usable_checkpoint_among_several_refuses_to_start_from_the_base(tmp_p
 def test_published_checkpoints_are_kept_past_the_last_k_as_rollback_targets(
     tmp_path, keep_published
 ):
-    from streamer.checkpoint import PUBLISHED
+    from streamer.state.checkpoint import PUBLISHED
 
     ckpt = Checkpointer(CheckpointConfig(dir=tmp_path, keep=2, keep_published=keep_published))
     first = _save(ckpt, 0)

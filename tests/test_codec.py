@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from streamer.codec import encode_json, encode_raw, parse
 from streamer.config import RecordConfig
+from streamer.intake.codec import encode_json, encode_raw, parse
 from streamer.records import DecodeError, RawRecord, Sample
 
 CFG = RecordConfig()
@@ -98,7 +98,7 @@ def test_every_reason_raised_anywhere_is_in_the_fixed_vocabulary():
     from pathlib import Path
 
     import streamer
-    from streamer.codec import REASONS
+    from streamer.intake.codec import REASONS
 
     source = "".join(p.read_text() for p in Path(streamer.__file__).parent.rglob("*.py"))
     raised = set(re.findall(r'DecodeError\(\s*"([a-z0-9_]+)"', source))

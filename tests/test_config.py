@@ -86,7 +86,7 @@ def _all_fields(model) -> list[tuple[str, object]]:
 def test_every_field_is_described_and_default_yaml_documents_them_all():
     from pathlib import Path
 
-    from streamer.config_text import template
+    from streamer.config.text import template
 
     for section, info in Settings.model_fields.items():
         for name, field in _all_fields(info.annotation):

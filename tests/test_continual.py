@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.pipeline import build_engine, run_stream
+from streamer.service.pipeline import build_engine, run_stream
 
 from .conftest import tiny_settings
 

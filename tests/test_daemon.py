@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer import codec
-from streamer.checkpoint import complete_checkpoints
-from streamer.daemon import Daemon
+from streamer.intake import codec
+from streamer.intake.sink import MemoryDeadLetters
+from streamer.intake.source import MemorySource
 from streamer.records import RawRecord, id_hash
-from streamer.sink import MemoryDeadLetters
-from streamer.source import MemorySource
+from streamer.service.daemon import Daemon
+from streamer.state.checkpoint import complete_checkpoints
 
 from .conftest import tiny_settings
 
@@ -228,7 +228,7 @@ def test_importing_the_daemon_loads_no_dataset_or_harness_module():
     import sys
 
     harness = ("streamer.dev", "sklearn.datasets")
-    code = ("import sys, streamer.daemon, streamer.cli; "
+    code = ("import sys, streamer.service.daemon, streamer.cli; "
             f"print(sorted(m for m in sys.modules if m.startswith({harness!r})))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)  # fmt: skip
@@ -250,7 +250,7 @@ def test_kafka_security_settings_are_checked_against_the_protocol(tmp_path, prot
     cfg = KafkaConfig(security_protocol="SSL", ssl_certfile=cert, ssl_keyfile=cert,
                       ssl_password="k", group_instance_id="streamer-0",
                       isolation_level="read_committed")  # fmt: skip
-    from streamer.kafka_group import client_options, consumer_options
+    from streamer.intake.kafka_group import client_options, consumer_options
 
     options = consumer_options(cfg)
     assert options["ssl_certfile"] == str(cert) and options["ssl_password"] == "k"

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from streamer.config import StreamConfig
-from streamer.decode import decode_image
 from streamer.dev import datasets
+from streamer.intake.decode import decode_image
 
 needs_fashion = pytest.mark.skipif(
     not datasets.FASHION_MNIST_DIR.exists(), reason="dataset-fashion-mnist not installed"

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from streamer.config import ModelConfig, RecordConfig
-from streamer.decode import Decoder, decode_image, default_decode_workers
-from streamer.model import ClipModel
+from streamer.intake.decode import Decoder, decode_image, default_decode_workers
+from streamer.learning.model import ClipModel
 from streamer.records import DecodeError
 
 
@@ -133,7 +133,7 @@ def test_default_decode_workers_leave_a_core_and_honour_the_cpu_quota(monkeypatc
     def fake_path(name, *rest):
         return quota if str(name) == "/sys/fs/cgroup/cpu.max" else real_path(name, *rest)
 
-    monkeypatch.setattr("streamer.decode.Path", fake_path)
+    monkeypatch.setattr("streamer.intake.decode.Path", fake_path)
     assert default_decode_workers() == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
     assert default_decode_workers() == 1  # never none

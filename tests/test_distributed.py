@@ -14,11 +14,11 @@ import torch.multiprocessing as mp
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import generate_latest
 
-from streamer import snapshot
-from streamer.collectors import with_rank
-from streamer.distributed import World
-from streamer.pipeline import build_engine
+from streamer.learning.distributed import World
 from streamer.records import id_hash
+from streamer.service.collectors import with_rank
+from streamer.service.pipeline import build_engine
+from streamer.state import snapshot
 
 from .conftest import tiny_settings
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from streamer.config import EvaluationConfig
-from streamer.evaluate import Evaluator, probe_bucket
-from streamer.pipeline import build_engine, run_stream
+from streamer.evaluation.evaluate import Evaluator, probe_bucket
 from streamer.records import Sample
+from streamer.service.pipeline import build_engine, run_stream
 
 from .conftest import tiny_settings
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streamer.cli import main
-from streamer.source import MemorySource
+from streamer.intake.source import MemorySource
 
 from .test_daemon import Run, _all, _records, _settings
 

@@ -8,8 +8,8 @@ import random
 import pytest
 
 from streamer.config import DetectorConfig
-from streamer.drift import DriftMonitor
-from streamer.forgetting import AccuracyMatrix, Cell, ClassForgetting
+from streamer.evaluation.drift import DriftMonitor
+from streamer.evaluation.forgetting import AccuracyMatrix, Cell, ClassForgetting
 
 
 def _c(accuracy: float, probes: int = 50) -> Cell:

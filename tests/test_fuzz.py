@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from streamer.codec import REASONS
 from streamer.config import RecordConfig
-from streamer.decode import Decoder
+from streamer.intake.codec import REASONS
+from streamer.intake.decode import Decoder
 from streamer.records import DecodeError, Pair, RawRecord
 
 FUZZ = settings(max_examples=300, derandomize=True, deadline=None, database=None,

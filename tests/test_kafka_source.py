@@ -10,7 +10,7 @@ import torch
 from kafka import TopicPartition
 
 from streamer.config import KafkaConfig
-from streamer.kafka_source import KafkaSource
+from streamer.intake.kafka_source import KafkaSource
 from streamer.records import DecodeError, Pair, Sample
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from streamer.labels import LabelSet
-from streamer.pipeline import build_engine
+from streamer.learning.labels import LabelSet
 from streamer.records import Sample
+from streamer.service.pipeline import build_engine
 
 from .conftest import tiny_settings
 

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from streamer.pipeline import build_engine, run_stream
 from streamer.records import Pair
+from streamer.service.pipeline import build_engine, run_stream
 
 from .conftest import tiny_settings
 

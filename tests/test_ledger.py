@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from streamer.ledger import Ledger
+from streamer.intake.source import GroupCommit
 from streamer.records import id_hash
-from streamer.source import GroupCommit
+from streamer.state.ledger import Ledger
 
 P = ("pairs", 0)
 

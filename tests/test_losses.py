@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from streamer import losses
+from streamer.learning import losses
 
 
 def _unit(n: int, d: int, seed: int) -> torch.Tensor:

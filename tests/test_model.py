@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from streamer.config import ModelConfig, PeftConfig
-from streamer.model import ClipModel, ModelLoadError
-from streamer.pipeline import build_engine
+from streamer.learning.model import ClipModel, ModelLoadError
+from streamer.service.pipeline import build_engine
 
 from .conftest import tiny_settings
 

@@ -54,13 +54,13 @@ def test_committed_dashboard_is_what_its_code_builds():
 
 
 def test_committed_console_page_is_what_the_dashboards_panels_build():
-    assert dashboard_code.CONSOLE.read_text() == console_page.render_console(), (
-        "run deploy/grafana/dashboard.py"
+    assert console_page.CONSOLE.read_text() == console_page.render_console(), (
+        "run deploy/grafana/console_page.py"
     )
 
 
 def test_the_console_page_has_every_panel_and_maps_every_unit_the_dashboard_uses():
-    page = dashboard_code.CONSOLE.read_text()
+    page = console_page.CONSOLE.read_text()
     for _, panel in dashboard_code.panels():
         assert f">{html.escape(panel['title'])}</" in page, panel["title"]
         units = console_page.STAT_UNITS if panel["type"] == "stat" else console_page.GRAPH_UNITS
@@ -163,10 +163,10 @@ def test_every_runbook_url_starts_with_the_one_base_kubernetes_deploys_configure
 def test_the_metric_reference_names_every_family_the_daemon_exports():
     from prometheus_client import CollectorRegistry
 
-    from streamer.collectors import PipelineCollector, PipelineView
-    from streamer.metrics import Metrics
-    from streamer.publisher import PublishMetrics
-    from streamer.source import SourceStats
+    from streamer.intake.source import SourceStats
+    from streamer.service.collectors import PipelineCollector, PipelineView
+    from streamer.service.metrics import Metrics
+    from streamer.state.publisher import PublishMetrics
 
     registry = CollectorRegistry()
     Metrics(registry, process=False)

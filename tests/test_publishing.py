@@ -15,15 +15,15 @@ import torch
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from streamer import gate
-from streamer.checkpoint import PUBLISHED, complete_checkpoints, load_latest, read
 from streamer.config import GateConfig, PublishConfig
-from streamer.export import MANIFEST, MERGED, export, load_merged, model_for, sha256
-from streamer.model import REPO_CONFIGS
-from streamer.peft import merged_state_dict
-from streamer.publisher import Publisher, PublishMetrics
-from streamer.source import MemorySource
-from streamer.store import VersionStore
+from streamer.intake.source import MemorySource
+from streamer.learning.model import REPO_CONFIGS
+from streamer.learning.peft import merged_state_dict
+from streamer.state import gate
+from streamer.state.checkpoint import PUBLISHED, complete_checkpoints, load_latest, read
+from streamer.state.export import MANIFEST, MERGED, export, load_merged, model_for, sha256
+from streamer.state.publisher import Publisher, PublishMetrics
+from streamer.state.store import VersionStore
 
 from .test_daemon import Run, _all, _records, _settings
 

@@ -12,8 +12,8 @@ import yaml
 
 from streamer import logs
 from streamer.config import config_hash, load_settings
-from streamer.daemon import Daemon
-from streamer.reload import ConfigWatcher
+from streamer.service.daemon import Daemon
+from streamer.service.reload import ConfigWatcher
 
 BASE = {
     "model": {"arch": "streamer-tiny"},

@@ -7,8 +7,8 @@ import statistics
 
 import torch
 
+from streamer.learning.replay import ReplayBuffer
 from streamer.records import Pair, Sample
-from streamer.replay import ReplayBuffer
 
 # Chi-square critical value, 49 degrees of freedom, p = 0.001.
 CHI2_49_P001 = 85.35

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from streamer.dev.report import summary_table
-from streamer.evaluate import EvalReport
-from streamer.forgetting import AccuracyMatrix, Cell
+from streamer.evaluation.evaluate import EvalReport
+from streamer.evaluation.forgetting import AccuracyMatrix, Cell
 
 
 def _final(m: AccuracyMatrix) -> EvalReport:

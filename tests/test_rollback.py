@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from streamer.checkpoint import complete_checkpoints, load_latest, read
 from streamer.cli import main
 from streamer.config import GateConfig
-from streamer.source import MemorySource
-from streamer.store import VersionStore
+from streamer.intake.source import MemorySource
+from streamer.state.checkpoint import complete_checkpoints, load_latest, read
+from streamer.state.store import VersionStore
 
 from .test_daemon import Run, _all, _records, _settings
 

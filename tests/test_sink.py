@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streamer import codec
 from streamer.config import KafkaConfig
+from streamer.intake import codec
+from streamer.intake.sink import KafkaDeadLetters
 from streamer.records import RawRecord
-from streamer.sink import KafkaDeadLetters
 
 
 class _Producer:

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from streamer import losses
 from streamer.config import ReplayConfig
-from streamer.pipeline import build_engine
+from streamer.learning import losses
+from streamer.learning.replay_policies import build_replay
 from streamer.records import Sample
-from streamer.replay_policies import build_replay
+from streamer.service.pipeline import build_engine
 
 from .conftest import tiny_settings
 

@@ -4,7 +4,7 @@ A Prometheus console template: the same rows, panels and queries as the Grafana 
 served by Prometheus itself (`--web.console.templates`), so the two cannot drift apart and a
 running daemon can be looked at without Grafana. Time series become PromConsole graphs; stat
 panels become the table on the right, filled in by Prometheus when it serves the page. Run
-deploy/grafana/dashboard.py to write it; a test checks the committed file matches.
+deploy/grafana/console_page.py to write it; a test checks the committed file matches.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from pathlib import Path
 
 import dashboard
 
@@ -49,6 +50,9 @@ TAIL = """\
 {{ template "prom_content_tail" . }}
 {{ template "tail" }}
 """
+
+
+CONSOLE = Path(__file__).parent.parent / "prometheus" / "consoles" / "streamer.html"
 
 
 def query(expr: str) -> str:
@@ -100,3 +104,8 @@ def render_console() -> str:
         parts += [graph(p, f"graph-{number}-{i}") for i, p in enumerate(graphs)]
         parts.append("</div>\n")
     return "".join(parts) + TAIL
+
+
+if __name__ == "__main__":
+    CONSOLE.parent.mkdir(exist_ok=True)
+    CONSOLE.write_text(render_console())

@@ -1,10 +1,10 @@
-"""Builds deploy/grafana/streamer.json, the provisioned Grafana dashboard, and from the same
-panels the Prometheus console page deploy/prometheus/consoles/streamer.html (console_page.py).
+"""Builds deploy/grafana/streamer.json, the provisioned Grafana dashboard; console_page.py
+builds the Prometheus console page from the same panels.
 
 Kept as code so panels stay uniform (units, rate intervals, variables); both files are
-committed, and tests check they match this script's output.
+committed, and tests check they match the scripts' output.
 
-    .venv/bin/python deploy/grafana/dashboard.py
+    .venv/bin/python deploy/grafana/dashboard.py && .venv/bin/python deploy/grafana/console_page.py
 """
 
 from __future__ import annotations
@@ -440,11 +440,5 @@ def render() -> str:
     return json.dumps(dashboard(), indent=2) + "\n"
 
 
-CONSOLE = Path(__file__).parent.parent / "prometheus" / "consoles" / "streamer.html"
-
-if __name__ == "__main__":
-    from console_page import render_console
-
+if __name__ == "__main__":  # the console page is written by console_page.py
     (Path(__file__).parent / "streamer.json").write_text(render())
-    CONSOLE.parent.mkdir(exist_ok=True)
-    CONSOLE.write_text(render_console())

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from streamer.config import StreamConfig
-from streamer.manifest import read_manifest
+from streamer.intake.manifest import read_manifest
 from streamer.records import Sample
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -14,13 +14,13 @@ from pathlib import Path
 import structlog
 
 from streamer.config import Settings
-from streamer.daemon import Daemon
 from streamer.dev import datasets
 from streamer.dev.broker import EmbeddedBroker, free_port
 from streamer.dev.produce import publish
 from streamer.dev.report import progress_line, summary_table, write_summary
-from streamer.evaluate import EvalReport
-from streamer.pipeline import Outcome
+from streamer.evaluation.evaluate import EvalReport
+from streamer.service.daemon import Daemon
+from streamer.service.pipeline import Outcome
 
 log = structlog.get_logger(__name__)
 

@@ -27,7 +27,7 @@ import torch
 from streamer import __version__
 from streamer.config import Settings
 from streamer.dev import datasets
-from streamer.pipeline import build_engine, run_stream
+from streamer.service.pipeline import build_engine, run_stream
 
 WEIGHTS, CARD, REFERENCE = "base.safetensors", "base.json", "reference.jsonl"
 

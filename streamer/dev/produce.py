@@ -9,9 +9,9 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from streamer import codec
 from streamer.config import KafkaConfig
-from streamer.kafka_group import client_options
+from streamer.intake import codec
+from streamer.intake.kafka_group import client_options
 from streamer.records import Partition, Sample
 
 

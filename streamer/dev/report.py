@@ -7,11 +7,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from streamer.evaluate import EvalReport
-from streamer.explain import pct as _pct
-from streamer.explain import summary_table
-from streamer.forgetting import AccuracyMatrix
+from streamer.evaluation.evaluate import EvalReport
+from streamer.evaluation.forgetting import AccuracyMatrix
 from streamer.records import StepResult
+from streamer.service.explain import pct as _pct
+from streamer.service.explain import summary_table
 
 __all__ = ["progress_line", "summary_table", "write_summary"]
 

@@ -16,9 +16,9 @@ from typing import Literal
 from streamer.config import Settings
 from streamer.dev import datasets
 from streamer.dev.datasets import CAPTION, Item
-from streamer.evaluate import EvalReport, Evaluator
-from streamer.pipeline import build_engine, run_stream
+from streamer.evaluation.evaluate import EvalReport, Evaluator
 from streamer.records import Sample, StepResult
+from streamer.service.pipeline import build_engine, run_stream
 
 Stream = Literal["shifted", "stationary", "stationary-then-shifted"]
 PRETRAIN_SAMPLES = 20_000

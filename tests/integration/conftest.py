@@ -17,9 +17,9 @@ import yaml
 from kafka import KafkaConsumer, TopicPartition
 
 from streamer.config import Settings
-from streamer.daemon import Daemon
 from streamer.dev.broker import EmbeddedBroker
 from streamer.records import Sample, id_hash
+from streamer.service.daemon import Daemon
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from streamer.checkpoint import complete_checkpoints
 from streamer.config import KafkaConfig
 from streamer.dev.produce import publish
+from streamer.state.checkpoint import complete_checkpoints
 
 from .conftest import (
     ThreadedDaemon,
@@ -43,7 +43,8 @@ def _latest_meta(config) -> dict | None:
 def test_every_record_is_trained_once_and_offsets_are_committed(broker, tmp_path, digit_stream):
     topic, samples = new_topic(), digit_stream[:300]
     ends = publish(_kafka(broker, topic), samples, partitions=3)
-    config = daemon_config(tmp_path, broker.bootstrap, topic)
+    # A decode pool of 3 whatever the cores: its hand-over order is what keeps offsets exact.
+    config = daemon_config(tmp_path, broker.bootstrap, topic, records={"decode_workers": 3})
     with ThreadedDaemon(config) as daemon:
         wait_until(lambda: accounted(daemon) >= len(samples), 120, "all records")
     assert daemon.ledger.counts["trained"] + daemon.ledger.counts["probes"] == len(samples)
@@ -62,8 +63,9 @@ def test_sigkill_at_a_random_point_then_restart_counts_every_record_once(
     topic, samples = new_topic(), digit_stream[:400]
     ends = publish(_kafka(broker, topic), samples, partitions=2)
     config = daemon_config(
-        tmp_path, broker.bootstrap, topic, learner={"batch_size": 8, "steps_per_batch": 3}
-    )
+        tmp_path, broker.bootstrap, topic, learner={"batch_size": 8, "steps_per_batch": 3},
+        records={"decode_workers": 3},
+    )  # fmt: skip
     first = start_process(config, tmp_path, "first")
     wait_until(lambda: _latest_meta(config) is not None, 120, "a first checkpoint")
     time.sleep(random.Random().uniform(0.0, 2.0))  # a random point: mid-step or mid-write

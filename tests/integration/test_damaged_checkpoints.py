@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from streamer.checkpoint import DAMAGED, complete_checkpoints
 from streamer.config import KafkaConfig
 from streamer.dev.broker import free_port
 from streamer.dev.produce import publish
+from streamer.state.checkpoint import DAMAGED, complete_checkpoints
 
 from .conftest import (
     committed_offsets,

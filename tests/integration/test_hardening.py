@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from streamer import codec
-from streamer.checkpoint import complete_checkpoints
 from streamer.config import KafkaConfig
 from streamer.dev.broker import free_port
 from streamer.dev.produce import ensure_topic, publish
+from streamer.intake import codec
+from streamer.state.checkpoint import complete_checkpoints
 
 from .conftest import (
     committed_offsets,
@@ -146,7 +146,9 @@ def test_a_compressed_topic_is_trained_in_full(broker, tmp_path, digit_stream, s
 LAUNCHER = textwrap.dedent(
     """
     import sys, time
-    from streamer import cli, health, kafka_source
+    from streamer import cli
+    from streamer.service import health
+    from streamer.intake import kafka_source
 
     class WorkerKilled(BaseException):
         pass

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from streamer import gate
-from streamer.checkpoint import complete_checkpoints
 from streamer.config import GateConfig, KafkaConfig, StreamConfig
 from streamer.dev import datasets
 from streamer.dev.produce import publish
-from streamer.store import VersionStore
+from streamer.state import gate
+from streamer.state.checkpoint import complete_checkpoints
+from streamer.state.store import VersionStore
 
 from .conftest import ThreadedDaemon, accounted, daemon_config, new_topic, wait_until
 

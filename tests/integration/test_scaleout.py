@@ -20,10 +20,10 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from streamer.checkpoint import complete_checkpoints
 from streamer.config import KafkaConfig
 from streamer.dev.produce import publish
-from streamer.snapshot import fingerprint
+from streamer.state.checkpoint import complete_checkpoints
+from streamer.state.snapshot import fingerprint
 
 from .conftest import committed_offsets, daemon_config, expected_digest, new_topic, wait_until
 

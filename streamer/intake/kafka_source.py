@@ -1,0 +1,299 @@
+"""Records in from Kafka: a consumer group polled on its own thread, decoded by a pool.
+
+Each fetched record goes to a pool of decode threads, its future queued in fetch order; an
+ordering thread waits on them in that order, so items leave in offset order within every
+partition however the workers finish. The training thread takes decoded items from a bounded
+queue. Polling goes on while steps run (paused when the queue is full), so a long step never
+gets this member evicted. Rebalances are handed to the training thread, which checkpoints and
+commits before partitions are given up (see Daemon). A thread that dies, or polling that keeps
+failing, fails the source (SourceFailed from `get`, `failure()` for health).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+
+import structlog
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaConfigurationError, KafkaError, UnsupportedCodecError
+
+from streamer.config import KafkaConfig
+from streamer.intake.kafka_group import (
+    Listener,
+    assign_share,
+    commit_payload,
+    consumer_options,
+    find_unreadable,
+    highwater_marks,
+    position,
+)
+from streamer.intake.source import (
+    Decode,
+    Item,
+    Resume,
+    Revocation,
+    SourceFailed,
+    SourceStats,
+    to_item,
+)
+from streamer.records import DecodeError, Partition, RawRecord
+
+log = structlog.get_logger(__name__)
+PERMANENT = (UnsupportedCodecError, KafkaConfigurationError)  # retrying never helps
+
+
+class KafkaSource:
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        decode: Decode,
+        backoff: tuple[float, float] = (1.0, 30.0),
+        owns: Callable[[list[int]], list[int]] | None = None,
+        workers: int = 1,
+    ) -> None:
+        self.cfg = cfg
+        self._owns = owns  # a fixed share of partitions (assign), else the group decides
+        self._decode = decode
+        self._backoff = backoff
+        self._resume: Resume = lambda _p, _g: None
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode-worker")
+        self._raw: queue.Queue[tuple[Future[Item], int] | None] = queue.Queue()  # fetch order
+        self._ready: queue.Queue[tuple[Item, int]] = queue.Queue()
+        self._epochs: dict[Partition, int] = {}  # bumped when a partition leaves us
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self.revocation: Revocation | None = None
+        self._failure: str | None = None
+        self.assigned: set[Partition] = set()
+        self._highwater: dict[Partition, int] = {}
+        self._paused = False
+        self.rebalances = 0
+        self._last_poll: float | None = None
+        self._threads = [
+            threading.Thread(target=self._guarded(self._poll_loop), name="kafka-poll",
+                             daemon=True),
+            threading.Thread(target=self._guarded(self._decode_loop), name="decode",
+                             daemon=True),
+        ]  # fmt: skip
+
+    # -- training thread -----------------------------------------------------------------
+    def start(self, resume: Resume) -> None:
+        self._resume = resume
+        for thread in self._threads:
+            thread.start()
+
+    def get(self, max_items: int, timeout: float) -> list[Item]:
+        """Up to max_items decoded items, waiting at most `timeout` for the first ones."""
+        items: list[Item] = []
+        deadline = time.monotonic() + timeout
+        while len(items) < max_items and self.revocation is None:
+            if self._failure is not None:
+                raise SourceFailed(self._failure)
+            try:
+                wait = min(0.1, max(0.0, deadline - time.monotonic()))
+                item, epoch = self._ready.get(timeout=wait)
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    break
+                continue
+            if epoch == self._epochs.get(item.partition, 0):  # else: from a partition we gave up
+                items.append(item)
+        return items
+
+    def pending_revocation(self) -> Revocation | None:
+        return self.revocation
+
+    def commit(self, offsets: dict[Partition, int], metadata: str) -> bool:
+        """Commit next-offsets (a checkpoint's); False when the broker refuses or is away."""
+        consumer = self._consumer
+        if consumer is None or not offsets:
+            return consumer is not None
+        try:
+            with self._lock:  # kafka-python 3 runs this on its IO loop; one commit at a time
+                consumer.commit(commit_payload(offsets, metadata), timeout_ms=10_000)
+            return True
+        except (KafkaError, OSError) as exc:
+            log.warning("commit failed; the next checkpoint retries", error=str(exc))
+            return False
+
+    def failure(self) -> str | None:
+        return self._failure
+
+    def stats(self) -> SourceStats:
+        return SourceStats(
+            frozenset(self.assigned), dict(self._highwater),
+            self._raw.qsize() + self._ready.qsize(), self._paused, self._last_poll,
+            self.rebalances, self.rebalances > 0,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self._stop.set()
+        self._raw.put(None)  # wakes the decode thread even if the poll thread died first
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=10)
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+
+    # -- failure -------------------------------------------------------------------------
+    def fail(self, why: str) -> None:
+        if self._failure is None:
+            self._failure = why
+            log.error("record source failed", reason=why)
+        self._stop.set()
+
+    def _guarded(self, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # a dead worker must fail the daemon, not stall it
+                log.exception("worker thread died", thread=threading.current_thread().name)
+                self.fail(f"{threading.current_thread().name} thread died: "
+                          f"{type(exc).__name__}: {exc}"[:300])  # fmt: skip
+
+        return run
+
+    # -- poll thread ---------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        consumer = self._connect()
+        failing_since: float | None = None
+        while consumer is not None and not self._stop.is_set():
+            self._apply_backpressure(consumer)
+            try:
+                batches = consumer.poll(timeout_ms=100, max_records=500)
+            except Exception as exc:
+                failing_since = failing_since or time.monotonic()
+                self._poll_failed(consumer, exc, time.monotonic() - failing_since)
+                continue
+            failing_since = None
+            self._last_poll = time.time()
+            self._highwater = highwater_marks(consumer)
+            for tp, records in batches.items():
+                self._enqueue(tp, records)
+        self._raw.put(None)
+
+    def _poll_failed(self, consumer: KafkaConsumer, exc: Exception, seconds: float) -> None:
+        """Permanent errors fail at once; a record kafka-python cannot parse is skipped;
+        anything else is retried until it has lasted `poll_error_budget_seconds`."""
+        cause = f"{type(exc).__name__}: {exc}"[:300]
+        if isinstance(exc, PERMANENT):
+            self.fail(f"cannot consume {self.cfg.topic}: {cause}")
+        elif not isinstance(exc, KafkaError) and self._skip_unreadable(consumer, exc):
+            return
+        elif seconds > self.cfg.poll_error_budget_seconds:
+            self.fail(f"polling has failed for {seconds:.0f} s: {cause}")
+        else:
+            log.warning("poll failed; retrying", error=cause, failing_for=round(seconds, 1))
+            self._stop.wait(self._backoff[0])
+
+    def _skip_unreadable(self, consumer: KafkaConsumer, exc: Exception) -> bool:
+        """Step over the record kafka-python cannot parse, handing it on as refused."""
+        found = find_unreadable(consumer, self._enqueue)
+        if found is None:
+            log.warning("poll failed and no partition reproduces it", error=str(exc)[:300])
+            return False
+        tp, offset, error = found
+        raw = RawRecord(tp.topic, tp.partition, offset, None)
+        detail = f"{type(error).__name__}: {error}"[:200]
+        epoch = self._epochs.get((tp.topic, tp.partition), 0)
+        refused = Item(raw, error=DecodeError("unreadable_record", detail))
+        self._submit(epoch, lambda: refused)  # behind the records fetched before it
+        consumer.seek(tp, offset + 1)  # the record stays in the topic; its DLQ entry says where
+        return True
+
+    def _enqueue(self, tp: TopicPartition, records) -> None:
+        epoch = self._epochs.get((tp.topic, tp.partition), 0)
+        for r in records:
+            raw = RawRecord(tp.topic, tp.partition, r.offset, r.value, r.key,
+                            tuple(r.headers or ()), r.timestamp)  # fmt: skip
+            self._submit(epoch, to_item, raw, self._decode)
+
+    def _submit(self, epoch: int, fn, *args) -> None:
+        try:
+            self._raw.put((self._pool.submit(fn, *args), epoch))
+        except RuntimeError:  # closing: the pool is shut; nothing uncommitted is lost
+            if not self._stop.is_set():
+                raise
+
+    def _connect(self) -> KafkaConsumer | None:
+        """Create the consumer, retrying with backoff while the broker is unreachable."""
+        delay = self._backoff[0]
+        while not self._stop.is_set():
+            try:
+                consumer = KafkaConsumer(**consumer_options(self.cfg))
+            except PERMANENT as exc:
+                self.fail(f"kafka settings refused: {exc}")
+                return None
+            except KafkaError as exc:
+                log.warning("broker unreachable; retrying", error=str(exc), retry_in=delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            if self._owns is None:
+                consumer.subscribe([self.cfg.topic], listener=Listener(self, consumer))
+            elif not self._assign(consumer):
+                break
+            self._consumer = consumer
+            return consumer
+        return None
+
+    def _assign(self, consumer: KafkaConsumer) -> bool:
+        """Take this rank's share of the topic's partitions, positioned; False when stopped."""
+        committed = assign_share(consumer, self.cfg.topic, self._owns, self._stop, self._backoff[0])
+        if committed is None:
+            return False
+        self.positioned(consumer, committed)
+        return True
+
+    def positioned(self, consumer: KafkaConsumer, committed: dict) -> None:
+        """Seek each newly assigned partition to where the ledger resumes it."""
+        for tp, commit in committed.items():
+            position(consumer, tp, self._resume, commit, self.cfg.auto_offset_reset)
+        self.assigned |= {(tp.topic, tp.partition) for tp in committed}
+        self.rebalances += 1
+        log.info("partitions assigned", partitions=sorted(self.assigned))
+
+    def _apply_backpressure(self, consumer: KafkaConsumer) -> None:
+        """Pause every assigned partition while the queue is full; resume at half.
+
+        Re-applied on every loop, so partitions assigned by a rebalance are paused too.
+        """
+        buffered = self._raw.qsize() + self._ready.qsize()
+        if buffered >= self.cfg.queue_records:
+            self._paused = True
+        elif buffered <= self.cfg.queue_records // 2:
+            self._paused = False
+        assignment = consumer.assignment()
+        if self._paused and assignment:
+            consumer.pause(*assignment)
+        elif consumer.paused():
+            consumer.resume(*consumer.paused())
+
+    # -- decode pool and its ordering thread ------------------------------------------------
+    def _decode_loop(self) -> None:
+        """Items in fetch order; a worker's exception kills this thread (failing the source)."""
+        while (entry := self._raw.get()) is not None:
+            future, epoch = entry
+            try:
+                item = future.result()
+            except CancelledError:
+                if self._stop.is_set():
+                    return  # closing: the pool dropped what was still queued
+                raise
+            self._ready.put((item, epoch))
+
+    # -- rebalances (kafka-python's IO thread) --------------------------------------------
+    def drop(self, partitions: set[Partition]) -> None:
+        for p in partitions:
+            self._epochs[p] = self._epochs.get(p, 0) + 1
+        self.assigned -= partitions
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()

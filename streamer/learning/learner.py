@@ -1,0 +1,292 @@
+"""The online learner: score a fresh batch, then learn from it mixed with replay.
+
+Knows nothing of Kafka, metrics or files: batches in, StepResult out.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from streamer.config import LearnerConfig
+from streamer.learning import losses
+from streamer.learning.batches import UpdateBatches
+from streamer.learning.distributed import World
+from streamer.learning.labels import LabelSet
+from streamer.learning.model import ClipModel
+from streamer.learning.replay import Entry, ReplayBuffer
+from streamer.learning.strategies import Regularizer
+from streamer.learning.teachers import Teachers
+from streamer.records import Pair, Sample, StepResult
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Learner:
+    def __init__(
+        self,
+        model: ClipModel,
+        replay: ReplayBuffer,
+        cfg: LearnerConfig,
+        to_pair: Callable[[Sample], Pair],
+        clock: Callable[[], float] = time.perf_counter,
+        world: World | None = None,
+        gather_features: bool = False,
+        teachers: Teachers | None = None,
+        regularizer: Regularizer | None = None,
+    ) -> None:
+        self.model = model
+        self.world = world or World()  # gradients are averaged over its ranks
+        self.teachers = teachers  # EMA and window snapshots, kept up to date here
+        self.regularizer = regularizer  # a term toward a teacher (None: SIT alone)
+        self.gather_features = gather_features
+        self.replay = replay
+        self.cfg = cfg
+        self._to_pair = to_pair  # decodes replayed samples of the encoded store
+        self._clock = clock
+        self._model_seconds = 0.0  # this step's time in the model's own work
+        self._batches = UpdateBatches(model)  # fresh rows once a step, replayed per update
+        if cfg.compile:
+            model.compile()
+        self._params = list(model.trainable_parameters().values())
+        self.optimizer = torch.optim.AdamW(
+            self._params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.label_set = LabelSet(cfg.max_labels)  # scoring candidates, bounded
+        self.steps = 0
+        self.samples = 0
+        self.skipped_nonfinite = 0
+        on_cuda = model.device.type == "cuda"
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
+
+    @property
+    def labels(self) -> list[str]:
+        """Label prompts held as scoring candidates, in order of arrival."""
+        return self.label_set.labels
+
+    def reconfigure(self, cfg: LearnerConfig) -> None:
+        """Live tuning at a step boundary: optimizer settings and the step's shape."""
+        self.cfg = cfg
+        for group in self.optimizer.param_groups:
+            group.update(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+
+    def step(self, fresh: Sequence[Pair]) -> StepResult:
+        """Test, then train: score the fresh batch, run the optimizer steps, then remember it."""
+        start, self._model_seconds = self._clock(), 0.0
+        fresh_pixels = self._batches.stage(fresh, self.cfg.replay_per_step)  # once a step
+        pre_loss, pre_acc = self.score(fresh, fresh_pixels)
+        self._learn_labels(fresh)
+        applied: list[torch.Tensor] = []  # read back once, after the updates
+        for _ in range(self.cfg.steps_per_batch):
+            drawn = [self._as_pair(e) for e in self.replay.sample(self.cfg.replay_per_step)]
+            pixels = self._batches.join(drawn)
+            loss = self._update([*fresh, *drawn], pixels)
+            if loss is not None:
+                applied.append(loss)
+        self.model.net.eval()  # outside updates the model serves and is evaluated
+        for pair in fresh:
+            self.replay.add(pair)  # the pixels store keeps the decoded tensor
+        self.steps += 1
+        self.samples += len(fresh)
+        skipped = self.cfg.steps_per_batch - len(applied)
+        self.skipped_nonfinite += skipped
+        return StepResult(
+            step=self.steps,
+            samples=len(fresh),
+            replayed=min(self.cfg.replay_per_step, len(self.replay)),
+            loss=float(torch.stack(applied).mean()) if applied else float("nan"),
+            prequential_loss=pre_loss,
+            prequential_accuracy=pre_acc,
+            updates=len(applied),
+            skipped_nonfinite=skipped,
+            seconds=self._clock() - start,
+            lr=self.optimizer.param_groups[0]["lr"],
+            logit_scale=float(self.model.logit_scale().detach()),
+            model_seconds=self._model_seconds,
+        )
+
+    def _as_pair(self, entry: Entry) -> Pair:
+        return entry if isinstance(entry, Pair) else self._to_pair(entry)
+
+    def idle_step(self) -> None:
+        """A rank without data this turn: join the turn's collectives, apply the same update."""
+        for _ in range(self.cfg.steps_per_batch):
+            self._update([])
+        self.model.net.eval()
+        self.steps += 1  # the global step count: the same on every rank
+
+    @torch.no_grad()
+    def score(
+        self, batch: Sequence[Pair], pixels: torch.Tensor | None = None
+    ) -> tuple[float, float]:
+        """Loss and top-1 accuracy on a batch the model has not learned from.
+
+        Candidates: the label prompts held (the `max_labels` most recently seen) plus this
+        batch's own texts, so a labelled image competes with the known classes and a caption
+        with its batch mates.
+        """
+        if self.model.net.training:  # eval() walks every module: only when it must
+            self.model.net.eval()
+        pixels = self._pixels(batch) if pixels is None else pixels
+        prompts = self._prompts(batch)
+        started = self._clock()
+        with self._autocast():
+            img = self.model.encode_images(pixels)
+            known = self.labels
+            candidates, target = losses.unique_targets([*known, *prompts])
+            txt = self.model.encode_texts(candidates)
+            target = target[len(known) :].to(img.device)
+            accuracy = (img @ txt.t()).argmax(dim=1).eq(target).float().mean()
+            loss = self._loss(img, prompts, self.model.logit_scale())
+        figures = float(loss), float(accuracy)
+        self._model_seconds += self._clock() - started
+        return figures
+
+    def _update(self, batch: list[Pair], pixels: torch.Tensor | None = None) -> torch.Tensor | None:
+        """One optimizer step; skipped (weights untouched) on a non-finite loss or gradient.
+        Returns the loss, detached, left on the device.
+
+        Alone, an update reads one flag back from the device (loss and gradient norm both
+        finite); distributed, every rank's gradient joins the average (an empty batch with
+        zero weight), and a non-finite loss on any rank makes every rank skip.
+        """
+        if not self.model.net.training:  # train() walks every module: only when it must
+            self.model.net.train()
+        if pixels is None and batch:
+            pixels = self._pixels(batch)
+        prompts = self._prompts(batch)
+        started = self._clock()
+        try:
+            return self._apply(batch, pixels, prompts)
+        finally:
+            self._model_seconds += self._clock() - started
+
+    def _apply(self, batch: list[Pair], pixels, prompts: list[str]) -> torch.Tensor | None:
+        self.optimizer.zero_grad(set_to_none=True)
+        gather = self._gathering()
+        loss = None
+        if batch or gather:  # a rank without data still joins the feature gather
+            with self._autocast():
+                img = self.model.encode_images(pixels) if batch else self._no_rows()
+                scale = self.model.logit_scale()
+                loss = self._loss(img, prompts, scale, gather=gather)
+                if self.regularizer is not None and batch:
+                    loss = loss + self.regularizer.term(pixels, img, prompts, scale)
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
+        if self.world.active:
+            finite = loss is None or bool(torch.isfinite(loss))
+            if loss is not None and batch and finite:
+                loss.backward()
+            weight = float(bool(batch)) if gather else float(len(batch))
+            if not self.world.reduce_gradients(self._params, weight, finite, mean=not gather):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            ok = torch.isfinite(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
+        else:
+            if loss is not None:
+                loss.backward()  # a non-finite loss leaves non-finite gradients: skipped below
+            ok = torch.isfinite(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
+            if loss is not None:
+                ok = ok & torch.isfinite(loss.detach())
+        if not bool(ok):  # the update's one read-back from the device
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        if self.teachers is not None:
+            self.teachers.after_update()
+        return loss.detach() if loss is not None else None
+
+    def _pixels(self, batch: Sequence[Pair]) -> torch.Tensor:
+        return self._batches.stack(batch)
+
+    def _gathering(self) -> bool:
+        return self.gather_features and self.cfg.loss == "sit" and self.world.active
+
+    def _no_rows(self) -> torch.Tensor:
+        return torch.zeros(0, self.model.embed_dim, device=self.model.device)  # img [0, D]
+
+    def _loss(
+        self, img: torch.Tensor, prompts: list[str], scale: torch.Tensor, gather: bool = False
+    ) -> torch.Tensor:
+        """img [B, D] and the B prompts -> the configured loss; `gather`: over all ranks
+        (a collective: every rank must call it, so never from the local prequential score)."""
+        if self.cfg.loss == "clip":
+            return losses.clip(img, self.model.encode_texts(prompts), scale)
+        if self.cfg.loss == "asymmetric":
+            known = self.labels
+            texts, target = losses.unique_targets([*known, *prompts])
+            target = target[len(known) :].to(img.device)
+            return losses.asymmetric(img, self.model.encode_texts(texts), target, scale)
+        if gather:
+            return self._global_sit(img, prompts, scale)
+        texts, target = losses.unique_targets(prompts)
+        txt = self.model.encode_texts(texts)
+        return losses.sit(img, txt, target.to(img.device), scale, self._both_directions)
+
+    def _global_sit(self, img: torch.Tensor, prompts: list[str], scale: torch.Tensor):
+        """SIT over every rank's rows: negatives and shared positives span the global batch."""
+        texts, target = losses.unique_targets(prompts)
+        txt = self.model.encode_texts(texts)[target.to(img.device)] if prompts else img  # [b, D]
+        img, txt, prompts, ranks = self.world.gather_batch(img, txt, prompts)  # [N, D] each
+        ranks = max(ranks, 1)
+        first: dict[str, int] = {}
+        for row, prompt in enumerate(prompts):
+            first.setdefault(prompt, row)
+        texts, target = losses.unique_targets(prompts)
+        # Every contributing rank computes this same loss with the same scale: give each a
+        # 1/ranks share of the scale's gradient, so their sum is the loss's own gradient.
+        scale = scale / ranks + (scale * (1 - 1 / ranks)).detach()
+        txt = txt[list(first.values())]
+        return losses.sit(img, txt, target.to(img.device), scale, self._both_directions)
+
+    @property
+    def _both_directions(self) -> bool:
+        return self.cfg.sit_directions == "both"
+
+    def _prompts(self, batch: Sequence[Pair]) -> list[str]:
+        return [p.sample.prompt(self.cfg.prompt_template) for p in batch]
+
+    def _learn_labels(self, batch: Sequence[Pair]) -> None:
+        for pair in batch:
+            if pair.sample.label is not None:
+                self.label_set.see(pair.sample.prompt(self.cfg.prompt_template))
+
+    def _autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "weights": self.model.trainable_state(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "labels": self.label_set.state_dict(),
+            "steps": self.steps,
+            "samples": self.samples,
+            "skipped_nonfinite": self.skipped_nonfinite,
+            "torch_rng": torch.get_rng_state(),
+            "teachers": self.teachers.state_dict() if self.teachers else None,
+            "regularizer": self.regularizer.state_dict() if self.regularizer else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_trainable_state(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.label_set.load_state_dict(state["labels"])
+        self.steps = int(state["steps"])
+        self.samples = int(state["samples"])
+        self.skipped_nonfinite = int(state["skipped_nonfinite"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.teachers is not None:
+            self.teachers.load_state_dict(state.get("teachers"))
+        if self.regularizer is not None:
+            self.regularizer.load_state_dict(state.get("regularizer"))

@@ -1,0 +1,62 @@
+"""The daemon's outward parts, built from config: the Kafka source, the HTTP server, and
+the publisher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+import torch
+from prometheus_client import CollectorRegistry
+
+from streamer.config import MetricsConfig, Settings
+from streamer.intake.decode import default_decode_workers
+from streamer.intake.source import Decode, Source
+from streamer.learning.distributed import World
+from streamer.service.collectors import with_rank
+from streamer.service.health import Check, HealthServer
+
+if TYPE_CHECKING:
+    from streamer.state.publisher import Publisher
+
+log = structlog.get_logger(__name__)
+
+
+def kafka_source(settings: Settings, world: World, decode: Decode) -> Source:
+    from streamer.intake.kafka_source import KafkaSource  # the one consumer of Kafka
+
+    daemon = settings.daemon
+    backoff = (daemon.retry_backoff_seconds, daemon.retry_backoff_max_seconds)
+    owns = world.owns if world.active else None  # a fixed share, or the group decides
+    workers = settings.records.decode_workers or default_decode_workers()
+    return KafkaSource(settings.kafka, decode, backoff, owns, workers)
+
+
+def serve(
+    cfg: MetricsConfig, world: World, registry: CollectorRegistry, healthy: Check, ready: Check
+) -> HealthServer:
+    """/metrics, /healthz, /readyz; under torchrun local rank r serves port + r, every
+    sample labelled with the rank."""
+    port = cfg.port + world.local_rank if cfg.port else 0  # ranks of a node share its host
+    served = with_rank(registry, world.rank) if world.active else registry
+    return HealthServer(served, healthy, ready, cfg.host, port).start()
+
+
+def publisher(
+    settings: Settings, world: World, registry: CollectorRegistry, steps: Callable[[], int]
+) -> Publisher | None:
+    """Rank 0's publisher when `publish.enabled` (None otherwise). Its export model is built
+    here, before training starts, so its seeded construction never races the loop's RNG."""
+    cfg = settings.publish
+    if not cfg.enabled or not world.is_root:
+        return None
+    from streamer.learning.model import ClipModel
+    from streamer.state.publisher import Publisher, PublishMetrics
+
+    if cfg.auto_rollback.enabled and world.active:
+        log.warning("publish.auto_rollback is for single-process daemons; it stays off")
+        cfg = cfg.model_copy(update={"auto_rollback": cfg.auto_rollback.model_copy(
+            update={"enabled": False})})  # fmt: skip
+    model = ClipModel(settings.model, torch.device("cpu"), seed=settings.learner.seed)
+    return Publisher(cfg, settings.checkpoint.dir, PublishMetrics(registry), steps, model=model)
