@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -18,7 +17,9 @@ from streamer.learning import losses
 from streamer.learning.batches import UpdateBatches
 from streamer.learning.distributed import World
 from streamer.learning.labels import LabelSet
+from streamer.learning.lora import adapters_cast
 from streamer.learning.model import ClipModel
+from streamer.learning.peft import lora_modules
 from streamer.learning.replay import Entry, ReplayBuffer
 from streamer.learning.strategies import Regularizer
 from streamer.learning.teachers import Teachers
@@ -57,20 +58,23 @@ class Learner:
         self._batches = UpdateBatches(model)  # fresh rows once a step, replayed per update
         if cfg.compile:
             model.compile()
+        on_cuda = model.device.type == "cuda"
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
+        if self.bf16:
+            model.store_frozen(torch.bfloat16)  # no cast of the frozen weights per forward
+        self._adapters = list(lora_modules(model.net))  # their factors cast once per update
         self._params = list(model.trainable_parameters().values())
+        # Fused: a few kernels for all parameters; it skips a non-finite update on the device.
         self.optimizer = torch.optim.AdamW(
-            self._params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+            self._params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
         )
         self.label_set = LabelSet(cfg.max_labels)  # scoring candidates, bounded
         self.steps = 0
         self.samples = 0
         self.skipped_nonfinite = 0
-        on_cuda = model.device.type == "cuda"
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
 
     @property
-    def labels(self) -> list[str]:
-        """Label prompts held as scoring candidates, in order of arrival."""
+    def labels(self) -> list[str]:  # the label prompts held as scoring candidates, in order
         return self.label_set.labels
 
     def reconfigure(self, cfg: LearnerConfig) -> None:
@@ -80,37 +84,42 @@ class Learner:
             group.update(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
 
     def step(self, fresh: Sequence[Pair]) -> StepResult:
-        """Test, then train: score the fresh batch, run the optimizer steps, then remember it."""
+        """Test, then train: score the fresh batch, run the optimizer steps, then remember it.
+        Figures stay on the device until the end of the step and come back in one read."""
         start, self._model_seconds = self._clock(), 0.0
         fresh_pixels = self._batches.stage(fresh, self.cfg.replay_per_step)  # once a step
-        pre_loss, pre_acc = self.score(fresh, fresh_pixels)
+        pre = self._score(fresh, fresh_pixels)  # (loss, accuracy) [2], on the device
         self._learn_labels(fresh)
-        applied: list[torch.Tensor] = []  # read back once, after the updates
+        losses_, applied = [], []
         for _ in range(self.cfg.steps_per_batch):
             drawn = [self._as_pair(e) for e in self.replay.sample(self.cfg.replay_per_step)]
             pixels = self._batches.join(drawn)
-            loss = self._update([*fresh, *drawn], pixels)
-            if loss is not None:
-                applied.append(loss)
+            loss, ok = self._update([*fresh, *drawn], pixels)
+            losses_.append(torch.where(ok, loss, 0.0) if loss is not None else ok.float() * 0)
+            applied.append(ok.float())
         self.model.net.eval()  # outside updates the model serves and is evaluated
         for pair in fresh:
             self.replay.add(pair)  # the pixels store keeps the decoded tensor
+        total, updates, pre_loss, pre_acc, scale = torch.stack(
+            [sum(losses_), sum(applied), *pre, self.model.logit_scale().detach()]
+        ).tolist()  # the step's one read-back
+        updates = round(updates)
         self.steps += 1
         self.samples += len(fresh)
-        skipped = self.cfg.steps_per_batch - len(applied)
+        skipped = self.cfg.steps_per_batch - updates
         self.skipped_nonfinite += skipped
         return StepResult(
             step=self.steps,
             samples=len(fresh),
             replayed=min(self.cfg.replay_per_step, len(self.replay)),
-            loss=float(torch.stack(applied).mean()) if applied else float("nan"),
+            loss=total / updates if updates else float("nan"),
             prequential_loss=pre_loss,
             prequential_accuracy=pre_acc,
-            updates=len(applied),
+            updates=updates,
             skipped_nonfinite=skipped,
             seconds=self._clock() - start,
             lr=self.optimizer.param_groups[0]["lr"],
-            logit_scale=float(self.model.logit_scale().detach()),
+            logit_scale=scale,
             model_seconds=self._model_seconds,
         )
 
@@ -124,7 +133,6 @@ class Learner:
         self.model.net.eval()
         self.steps += 1  # the global step count: the same on every rank
 
-    @torch.no_grad()
     def score(
         self, batch: Sequence[Pair], pixels: torch.Tensor | None = None
     ) -> tuple[float, float]:
@@ -134,12 +142,18 @@ class Learner:
         batch's own texts, so a labelled image competes with the known classes and a caption
         with its batch mates.
         """
+        loss, accuracy = self._score(batch, pixels).tolist()
+        return loss, accuracy
+
+    @torch.no_grad()
+    def _score(self, batch: Sequence[Pair], pixels: torch.Tensor | None) -> torch.Tensor:
+        """score(), left on the device: (loss, accuracy) [2]."""
         if self.model.net.training:  # eval() walks every module: only when it must
             self.model.net.eval()
         pixels = self._pixels(batch) if pixels is None else pixels
         prompts = self._prompts(batch)
         started = self._clock()
-        with self._autocast():
+        with self.model.autocast():
             img = self.model.encode_images(pixels)
             known = self.labels
             candidates, target = losses.unique_targets([*known, *prompts])
@@ -147,16 +161,15 @@ class Learner:
             target = target[len(known) :].to(img.device)
             accuracy = (img @ txt.t()).argmax(dim=1).eq(target).float().mean()
             loss = self._loss(img, prompts, self.model.logit_scale())
-        figures = float(loss), float(accuracy)
         self._model_seconds += self._clock() - started
-        return figures
+        return torch.stack([loss.float(), accuracy])
 
-    def _update(self, batch: list[Pair], pixels: torch.Tensor | None = None) -> torch.Tensor | None:
+    def _update(self, batch: list[Pair], pixels: torch.Tensor | None = None):
         """One optimizer step; skipped (weights untouched) on a non-finite loss or gradient.
-        Returns the loss, detached, left on the device.
+        Returns (loss, applied), both left on the device (loss None without rows).
 
-        Alone, an update reads one flag back from the device (loss and gradient norm both
-        finite); distributed, every rank's gradient joins the average (an empty batch with
+        Alone, an update reads nothing back: fused AdamW skips a non-finite update on the
+        device. Distributed, every rank's gradient joins the average (an empty batch with
         zero weight), and a non-finite loss on any rank makes every rank skip.
         """
         if not self.model.net.training:  # train() walks every module: only when it must
@@ -170,40 +183,54 @@ class Learner:
         finally:
             self._model_seconds += self._clock() - started
 
-    def _apply(self, batch: list[Pair], pixels, prompts: list[str]) -> torch.Tensor | None:
+    def _apply(self, batch: list[Pair], pixels, prompts: list[str]):
         self.optimizer.zero_grad(set_to_none=True)
         gather = self._gathering()
         loss = None
-        if batch or gather:  # a rank without data still joins the feature gather
-            with self._autocast():
-                img = self.model.encode_images(pixels) if batch else self._no_rows()
-                scale = self.model.logit_scale()
-                loss = self._loss(img, prompts, scale, gather=gather)
-                if self.regularizer is not None and batch:
-                    loss = loss + self.regularizer.term(pixels, img, prompts, scale)
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
-        if self.world.active:
-            finite = loss is None or bool(torch.isfinite(loss))
-            if loss is not None and batch and finite:
-                loss.backward()
-            weight = float(bool(batch)) if gather else float(len(batch))
-            if not self.world.reduce_gradients(self._params, weight, finite, mean=not gather):
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-            ok = torch.isfinite(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
-        else:
+        cast = torch.bfloat16 if self.bf16 else None
+        with adapters_cast(self._adapters, cast):  # the factors in bf16: one cast each way
+            if batch or gather:  # a rank without data still joins the feature gather
+                with self.model.autocast():
+                    img = self.model.encode_images(pixels) if batch else self._no_rows()
+                    scale = self.model.logit_scale()
+                    loss = self._loss(img, prompts, scale, gather=gather)
+                    if self.regularizer is not None and batch:
+                        loss = loss + self.regularizer.term(pixels, img, prompts, scale)
+            if self.world.active:
+                return self._apply_distributed(batch, loss, gather)
             if loss is not None:
                 loss.backward()  # a non-finite loss leaves non-finite gradients: skipped below
-            ok = torch.isfinite(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
-            if loss is not None:
-                ok = ok & torch.isfinite(loss.detach())
-        if not bool(ok):  # the update's one read-back from the device
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
+        ok = torch.isfinite(self._clip())
+        if loss is not None:
+            ok = ok & torch.isfinite(loss.detach())
+        self.optimizer.found_inf = (~ok).float()  # fused AdamW: skip on the device
         self.optimizer.step()
+        self._after_update(ok)
+        return (loss.detach() if loss is not None else None), ok
+
+    def _apply_distributed(self, batch: list[Pair], loss: torch.Tensor | None, gather: bool):
+        finite = loss is None or bool(torch.isfinite(loss))
+        if loss is not None and batch and finite:
+            loss.backward()
+        weight = float(bool(batch)) if gather else float(len(batch))
+        ok = self.world.reduce_gradients(self._params, weight, finite, mean=not gather)
+        ok = ok and bool(torch.isfinite(self._clip()))
+        flag = torch.tensor(ok, device=self.model.device)
+        if ok:
+            self.optimizer.found_inf = (~flag).float()
+            self.optimizer.step()
+            self._after_update(flag)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return (loss.detach() if loss is not None else None), flag
+
+    def _clip(self) -> torch.Tensor:
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
+        return torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+
+    def _after_update(self, ok: torch.Tensor) -> None:
         if self.teachers is not None:
-            self.teachers.after_update()
-        return loss.detach() if loss is not None else None
+            self.teachers.after_update(ok)
 
     def _pixels(self, batch: Sequence[Pair]) -> torch.Tensor:
         return self._batches.stack(batch)
@@ -226,26 +253,12 @@ class Learner:
             texts, target = losses.unique_targets([*known, *prompts])
             target = target[len(known) :].to(img.device)
             return losses.asymmetric(img, self.model.encode_texts(texts), target, scale)
-        if gather:
-            return self._global_sit(img, prompts, scale)
+        if gather:  # every rank's rows: negatives and shared positives span the global batch
+            texts, target = losses.unique_targets(prompts)
+            rows = self.model.encode_texts(texts)[target.to(img.device)] if prompts else img
+            return self.world.global_sit(img, rows, prompts, scale, self._both_directions)
         texts, target = losses.unique_targets(prompts)
         txt = self.model.encode_texts(texts)
-        return losses.sit(img, txt, target.to(img.device), scale, self._both_directions)
-
-    def _global_sit(self, img: torch.Tensor, prompts: list[str], scale: torch.Tensor):
-        """SIT over every rank's rows: negatives and shared positives span the global batch."""
-        texts, target = losses.unique_targets(prompts)
-        txt = self.model.encode_texts(texts)[target.to(img.device)] if prompts else img  # [b, D]
-        img, txt, prompts, ranks = self.world.gather_batch(img, txt, prompts)  # [N, D] each
-        ranks = max(ranks, 1)
-        first: dict[str, int] = {}
-        for row, prompt in enumerate(prompts):
-            first.setdefault(prompt, row)
-        texts, target = losses.unique_targets(prompts)
-        # Every contributing rank computes this same loss with the same scale: give each a
-        # 1/ranks share of the scale's gradient, so their sum is the loss's own gradient.
-        scale = scale / ranks + (scale * (1 - 1 / ranks)).detach()
-        txt = txt[list(first.values())]
         return losses.sit(img, txt, target.to(img.device), scale, self._both_directions)
 
     @property
@@ -259,11 +272,6 @@ class Learner:
         for pair in batch:
             if pair.sample.label is not None:
                 self.label_set.see(pair.sample.prompt(self.cfg.prompt_template))
-
-    def _autocast(self):
-        if not self.bf16:
-            return nullcontext()
-        return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
 
     def state_dict(self) -> dict[str, Any]:
         return {

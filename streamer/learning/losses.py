@@ -35,7 +35,8 @@ def sit(
     image_to_text = F.cross_entropy(logits, target)
     if not both_directions:
         return image_to_text
-    positives = F.one_hot(target, txt.shape[0]).t().to(logits.dtype)  # [T, B]
+    texts = torch.arange(txt.shape[0], device=target.device)
+    positives = (texts[:, None] == target[None, :]).to(logits.dtype)  # [T, B], no read-back
     soft = positives / positives.sum(dim=1, keepdim=True).clamp(min=1.0)
     text_to_image = -(soft * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
     return (image_to_text + text_to_image) / 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -19,7 +20,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from streamer.config import ModelConfig
-from streamer.learning.peft import adapters_disabled, apply_peft, merged_state_dict
+from streamer.learning.peft import (
+    adapters_disabled,
+    apply_peft,
+    frozen_matrices,
+    merged_state_dict,
+)
 
 BUILTIN_CONFIGS = Path(__file__).parent / "model_configs"  # in the wheel
 REPO_CONFIGS = Path(__file__).parents[2] / "configs" / "models"  # in a source checkout
@@ -116,6 +122,7 @@ class ClipModel:
         self.device = device
         self._mean = None if mean is None else mean.to(device)
         self._std = None if std is None else std.to(device)
+        self.compute_dtype: torch.dtype | None = None  # autocast to it (store_frozen)
 
     # -- encoding ----------------------------------------------------------------------------
     def pixels(self, image: Image.Image) -> torch.Tensor:
@@ -143,12 +150,32 @@ class ClipModel:
     def encode_images(self, pixels: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         """pixels [B, 3, H, W], uint8 or normalised -> unit embeddings [B, D]."""
         x = self.normalise(pixels.to(self.device, non_blocking=True))
-        return F.normalize((net or self.net).encode_image(x).float(), dim=-1)
+        with self.autocast():
+            return F.normalize((net or self.net).encode_image(x).float(), dim=-1)
 
     def encode_texts(self, texts: Sequence[str], net: nn.Module | None = None) -> torch.Tensor:
         """texts [T] -> unit embeddings [T, D]."""
         tokens = self.tokenizer(list(texts)).to(self.device, non_blocking=True)
-        return F.normalize((net or self.net).encode_text(tokens).float(), dim=-1)
+        with self.autocast():
+            return F.normalize((net or self.net).encode_text(tokens).float(), dim=-1)
+
+    def autocast(self):
+        """Mixed precision in the dtype the frozen weights are kept in (none: as stored)."""
+        if self.compute_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
+    def store_frozen(self, dtype: torch.dtype) -> None:
+        """Keep the frozen matrices that autocast would cast at every forward (projections,
+        MLPs, the patch embedding) in `dtype`, and compute under autocast to it. Norms,
+        embeddings and what learns stay as they are."""
+        self.compute_dtype = dtype
+        for param in frozen_matrices(self.net):
+            param.data = param.data.to(dtype)
+        for module in self.net.modules():  # the text tower's causal mask: cast per block else
+            mask = module._buffers.get("attn_mask")
+            if mask is not None and mask.is_floating_point():
+                module._buffers["attn_mask"] = mask.to(dtype)
 
     def stack_pixels(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pixels [3, H, W] each -> [B, 3, H, W], stacked where they are; rows held on the host

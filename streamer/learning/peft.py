@@ -1,14 +1,13 @@
-"""Which parameters learn: LoRA adapters via torch parametrizations, the last blocks, or all.
+"""Which parameters learn: LoRA adapters (lora.py), the last blocks, or all.
 
 open_clip's attention keeps a fused `in_proj_weight` (nn.MultiheadAttention or its own
 Attention), which generic PEFT wrappers do not handle. A parametrization adds the low-rank
-delta to the weight itself, so attention code runs unchanged. B starts at zero: step 0 is
-exactly the base model.
+delta to the weight itself, so attention code runs unchanged; nn.MultiheadAttention also gets
+the training side path of lora.py. B starts at zero: step 0 is exactly the base model.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,36 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from streamer.config import PeftConfig
-
-
-class LoRADelta(nn.Module):
-    """W -> W + (alpha / rank) * B @ A, with A [rank, in] and B [out, rank] (B = 0 at init)."""
-
-    def __init__(
-        self, out_features: int, in_features: int, cfg: PeftConfig, generator: torch.Generator
-    ) -> None:
-        super().__init__()
-        bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform(a=sqrt(5)) as nn.Linear
-        a = torch.empty(cfg.rank, in_features).uniform_(-bound, bound, generator=generator)
-        self.lora_A = nn.Parameter(a)
-        self.lora_B = nn.Parameter(torch.zeros(out_features, cfg.rank))
-        self.scale = cfg.alpha / cfg.rank
-        # Parametrizations see weights, not activations: dropout acts on the A factor.
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.enabled = True
-        self.override: torch.Tensor | None = None  # a teacher's delta [out, in], while viewed
-
-    def delta(self) -> torch.Tensor:
-        """The adapter's current scale * B @ A [out, in] (no dropout), with its gradient."""
-        return self.scale * self.lora_B @ self.lora_A
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return weight
-        if self.override is not None:
-            return weight + self.override.to(weight.dtype)
-        delta = self.lora_B @ self.dropout(self.lora_A)  # [out, in]
-        return weight + self.scale * delta.to(weight.dtype)
+from streamer.learning.lora import LoRADelta, LoRAMultiheadAttention
 
 
 def towers(net: nn.Module, which: str) -> list[nn.Module]:
@@ -99,11 +69,30 @@ def apply_peft(net: nn.Module, cfg: PeftConfig, seed: int) -> None:
 
 
 def _add_lora(attn: nn.Module, cfg: PeftConfig, generator: torch.Generator) -> None:
+    if type(attn) is nn.MultiheadAttention:
+        attn.__class__ = LoRAMultiheadAttention  # same parameters and names, one more path
     targets = [(attn, "in_proj_weight"), (attn.out_proj, "weight")]
     for module, name in targets:
         out_features, in_features = getattr(module, name).shape
         delta = LoRADelta(out_features, in_features, cfg, generator)
         parametrize.register_parametrization(module, name, delta, unsafe=True)
+
+
+def frozen_matrices(net: nn.Module) -> Iterator[nn.Parameter]:
+    """The frozen weights and biases that autocast casts at every forward: linear and conv
+    layers, attention projections (a LoRA parametrization's original), the towers' final
+    projections."""
+    for module in net.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
+            params = list(module.parameters(recurse=False))
+            if parametrize.is_parametrized(module):
+                params += [plist.original for plist in module.parametrizations.values()]
+            yield from (p for p in params if not p.requires_grad)
+    heads = [
+        getattr(getattr(net, "visual", None), "proj", None),
+        getattr(net, "text_projection", None),
+    ]
+    yield from (p for p in heads if isinstance(p, nn.Parameter) and not p.requires_grad)
 
 
 def lora_modules(net: nn.Module) -> Iterator[LoRADelta]:
@@ -156,18 +145,27 @@ def adapters_disabled(net: nn.Module, modules: list[LoRADelta] | None = None) ->
 
 
 def merged_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict of plain open_clip: each LoRA delta folded into its weight.
+    """The state dict of plain open_clip (fp32): each LoRA delta folded into its weight.
 
     Built by reading the parametrized weights, never by removing parametrizations (that
-    rewrites module classes shared with copies of the model).
+    rewrites module classes shared with copies of the model). Weights kept in bf16 for speed
+    (model.store_frozen) come back in fp32, the delta added in fp32.
     """
     was_training = net.training
     net.eval()  # no dropout on the factors
-    state = {k: v for k, v in net.state_dict().items() if ".parametrizations." not in k}
+    state = {k: _fp32(v) for k, v in net.state_dict().items() if ".parametrizations." not in k}
     with torch.no_grad():
         for prefix, module in net.named_modules():
             if parametrize.is_parametrized(module):
-                for name in module.parametrizations:
-                    state[f"{prefix}.{name}"] = getattr(module, name).detach().clone()
+                for name, chain in module.parametrizations.items():
+                    weight = _fp32(chain.original)
+                    for step in chain:
+                        weight = step(weight)
+                    state[f"{prefix}.{name}"] = weight.detach().clone()
     net.train(was_training)
     return state
+
+
+def _fp32(tensor: torch.Tensor) -> torch.Tensor:
+    low = tensor.dtype in (torch.bfloat16, torch.float16)
+    return tensor.float() if low else tensor

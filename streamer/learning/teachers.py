@@ -23,8 +23,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from streamer.learning.lora import LoRADelta
 from streamer.learning.model import ClipModel
-from streamer.learning.peft import LoRADelta
 
 View = Literal["student", "base", "ema", "window", "wise"]
 
@@ -65,13 +65,15 @@ class Teachers:
         return self.current()
 
     @torch.no_grad()
-    def after_update(self) -> None:
-        """Fold the student into the EMA: ema <- decay * ema + (1 - decay) * student."""
+    def after_update(self, applied: torch.Tensor) -> None:
+        """Fold the student into the EMA: ema <- decay * ema + (1 - decay) * student, where
+        the update was applied (`applied`, a flag on the device: no read-back)."""
         if self.ema is None:
             return
+        weight = applied.float() * (1 - self.decay)
         for name, ema in self.ema.items():
             now = self.adapters[name].delta() if self.adapters else self.params[name]
-            ema.mul_(self.decay).add_(now.detach(), alpha=1 - self.decay)
+            ema.lerp_(now.detach().to(ema.dtype), weight.to(ema.device))
 
     def window_closed(self) -> None:
         """The previous-phase teacher (Mod-X): the student as it was when a window closed."""
