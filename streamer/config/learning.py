@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from streamer.config.base import Section
 from streamer.config.strategies import RegularizerConfig
@@ -95,10 +95,11 @@ class LearnerConfig(Section):
         "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU."
     )
     seed: int = Field(0, description="Seed for torch (LoRA init, dropout).")
-    compile: bool = Field(
-        False,
-        description="torch.compile the image and text towers (restart needed; the first steps "
-        "pay the compilation, measured in benchmarks/throughput.py --compile).",
+    compile: Literal["auto", "off", "on", "reduce-overhead"] = Field(
+        "auto",
+        description="torch.compile the image and text towers: on (inductor), reduce-overhead "
+        "(inductor with CUDA graphs; CUDA only), off, or auto = on with CUDA, off on a CPU "
+        "(where it measured slower). The first steps pay the compilation; restart needed.",
     )
     sit_directions: Literal["both", "image_to_text"] = Field(
         "both",
@@ -124,6 +125,11 @@ class LearnerConfig(Section):
         return self.serve == "ema" or (
             self.regularizer.kind != "none" and self.regularizer.teacher == "ema"
         )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_from_bool(cls, value: object) -> object:
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _template_has_label(self) -> LearnerConfig:

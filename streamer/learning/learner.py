@@ -56,8 +56,11 @@ class Learner:
         self._clock = clock
         self._model_seconds = 0.0  # this step's time in the model's own work
         self._batches = UpdateBatches(model)  # fresh rows once a step, replayed per update
-        if cfg.compile:
-            model.compile()
+        mode = {"auto": "on" if model.device.type == "cuda" else "off"}.get(
+            cfg.compile, cfg.compile
+        )
+        if mode != "off":
+            model.compile("reduce-overhead" if mode == "reduce-overhead" else None)
         on_cuda = model.device.type == "cuda"
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
         if self.bf16:

@@ -196,13 +196,13 @@ class ClipModel:
         out[held] = torch.stack([rows[i] for i in held]).to(host.dtype)
         return out
 
-    def compile(self) -> None:
+    def compile(self, mode: str | None = None) -> None:
         """torch.compile the image tower and the text transformer in place (state dict keys
-        and encode_image / encode_text unchanged)."""
+        and encode_image / encode_text unchanged); `mode` as torch.compile's."""
         for name in ("visual", "transformer", "text"):
             tower = getattr(self.net, name, None)
             if isinstance(tower, nn.Module):
-                tower.compile()
+                tower.compile(mode=mode)
 
     @functools.cached_property
     def embed_dim(self) -> int:
