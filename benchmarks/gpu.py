@@ -175,9 +175,10 @@ def with_mfu(rows: list[dict[str, Any]]) -> None:
 
 
 def render(result: dict[str, Any]) -> str:
-    lines = [f"# Learner on {result['machine']['device_name']}", "",
-             f"Command: `{result['command']}`  ", f"torch {result['machine']['torch']}, "
-             f"{result['machine']['platform']}; MFU against {PEAK / 1e12:.0f} TFLOP/s dense bf16.", ""]  # fmt: skip
+    machine = result["machine"]
+    lines = [f"# Learner on {machine['device_name']}", "", f"Command: `{result['command']}`  ",
+             f"torch {machine['torch']}, {machine['platform']}; MFU against "
+             f"{PEAK / 1e12:.0f} TFLOP/s dense bf16.", ""]  # fmt: skip
     for r in result["rows"]:
         if r.get("stage") == "ops":
             lines += [f"**Ops per update** ({r['model']} {r['peft']} {r['precision']}, "
@@ -185,14 +186,17 @@ def render(result: dict[str, Any]) -> str:
                       f"{r['copies']} copies ({r['copy_share']:.1%}), {r['readbacks']} "
                       "read-backs.", ""]  # fmt: skip
     lines += ["| model | peft | batch / replayed | compile | step s (median) | records/s | "
-              "TFLOP/s | MFU | warm-up s | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "TFLOP/s | MFU | warm-up s | peak GiB |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["rows"]:
         if r.get("stage") == "step":
             mfu = f"{r['mfu']:.1%}" if "mfu" in r else "n/a"
             tf = f"{r['tflops_per_s']:.0f}" if "tflops_per_s" in r else "n/a"
+            gib = r.get("peak_memory_gib", 0)
             lines.append(f"| {r['model']} | {r['peft']} | {r['batch']} / {r['replayed']} | "
-                         f"{r['compile']} | {r['median_step_s']:.3f} | {r['records_per_s']:.0f} | "
-                         f"{tf} | {mfu} | {r['warmup_s']:.0f} | {r.get('peak_memory_gib', 0):.1f} |")  # fmt: skip
+                         f"{r['compile']} | {r['median_step_s']:.3f} | "
+                         f"{r['records_per_s']:.0f} | {tf} | {mfu} | {r['warmup_s']:.0f} | "
+                         f"{gib:.1f} |")  # fmt: skip
         elif "error" in r:
             lines.append(f"| {' / '.join(map(str, r['case']))} | failed: "
                          f"{r['error'].strip().splitlines()[-1][:120]} ||||||||")  # fmt: skip
