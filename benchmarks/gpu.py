@@ -209,6 +209,9 @@ def main() -> None:
     parser.add_argument("--stages", default="ops,step", help="comma-separated: ops, step")
     parser.add_argument("--repeats", type=int, default=8, help="timed steps per case")
     parser.add_argument("--models", nargs="+", default=["ViT-B-16", "ViT-B-32"])
+    parser.add_argument("--peft", nargs="+", default=["lora", "full"])
+    parser.add_argument("--compile", nargs="+", default=["off", "on", "reduce-overhead"])
+    parser.add_argument("--shapes", nargs="+", default=["default", "large"])
     parser.add_argument("--budget", type=float, default=300, help="seconds for all cases")
     parser.add_argument("--case-timeout", type=float, default=150)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -226,7 +229,9 @@ def main() -> None:
         return
     cases: list[list] = [["ops"]] if "ops" in args.stages else []
     if "step" in args.stages:
-        cases += [[arch, *c] for c in STEP_CASES for arch in args.models]
+        chosen = [c for c in STEP_CASES if c[0] in args.peft and c[2] in args.compile
+                  and (c[1] == DEFAULT or "large" in args.shapes)]  # fmt: skip
+        cases += [[arch, *c] for c in chosen for arch in args.models]
     name = "cuda" if args.device == "cuda" else args.device
     machine = {"device_name": torch.cuda.get_device_name() if args.device == "cuda"
                else platform.processor() or "CPU", "torch": torch.__version__,

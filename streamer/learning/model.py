@@ -23,9 +23,10 @@ from streamer.config import ModelConfig
 from streamer.learning.peft import (
     adapters_disabled,
     apply_peft,
-    frozen_matrices,
     merged_state_dict,
+    towers,
 )
+from streamer.learning.precision import keep_frozen_in
 
 BUILTIN_CONFIGS = Path(__file__).parent / "model_configs"  # in the wheel
 REPO_CONFIGS = Path(__file__).parents[2] / "configs" / "models"  # in a source checkout
@@ -166,16 +167,10 @@ class ClipModel:
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
     def store_frozen(self, dtype: torch.dtype) -> None:
-        """Keep the frozen matrices that autocast would cast at every forward (projections,
-        MLPs, the patch embedding) in `dtype`, and compute under autocast to it. Norms,
-        embeddings and what learns stay as they are."""
+        """Keep the frozen matrices in `dtype` and compute under autocast to it (precision.py):
+        no cast of the frozen weights, nor of the layer norms' activations, per forward."""
         self.compute_dtype = dtype
-        for param in frozen_matrices(self.net):
-            param.data = param.data.to(dtype)
-        for module in self.net.modules():  # the text tower's causal mask: cast per block else
-            mask = module._buffers.get("attn_mask")
-            if mask is not None and mask.is_floating_point():
-                module._buffers["attn_mask"] = mask.to(dtype)
+        keep_frozen_in(self.net, dtype)
 
     def stack_pixels(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pixels [3, H, W] each -> [B, 3, H, W], stacked where they are; rows held on the host
@@ -197,12 +192,18 @@ class ClipModel:
         return out
 
     def compile(self, mode: str | None = None) -> None:
-        """torch.compile the image tower and the text transformer in place (state dict keys
-        and encode_image / encode_text unchanged); `mode` as torch.compile's."""
-        for name in ("visual", "transformer", "text"):
-            tower = getattr(self.net, name, None)
-            if isinstance(tower, nn.Module):
-                tower.compile(mode=mode)
+        """torch.compile each transformer block in place (`mode` as torch.compile's). Blocks
+        share their code, so one compilation serves every block of a tower and shape; state
+        dict keys and encode_image / encode_text are unchanged."""
+        # One code object, many variants: two towers' shapes, training and serving, the
+        # first block's input without a gradient, text counts. Past dynamo's default limit of
+        # 8 a block would silently run eagerly again.
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, limit, max(getattr(config, limit), 64))
+        for tower in towers(self.net, "both"):
+            for block in tower.transformer.resblocks:
+                block.compile(mode=mode)
 
     @functools.cached_property
     def embed_dim(self) -> int:

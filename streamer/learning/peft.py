@@ -78,23 +78,6 @@ def _add_lora(attn: nn.Module, cfg: PeftConfig, generator: torch.Generator) -> N
         parametrize.register_parametrization(module, name, delta, unsafe=True)
 
 
-def frozen_matrices(net: nn.Module) -> Iterator[nn.Parameter]:
-    """The frozen weights and biases that autocast casts at every forward: linear and conv
-    layers, attention projections (a LoRA parametrization's original), the towers' final
-    projections."""
-    for module in net.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
-            params = list(module.parameters(recurse=False))
-            if parametrize.is_parametrized(module):
-                params += [plist.original for plist in module.parametrizations.values()]
-            yield from (p for p in params if not p.requires_grad)
-    heads = [
-        getattr(getattr(net, "visual", None), "proj", None),
-        getattr(net, "text_projection", None),
-    ]
-    yield from (p for p in heads if isinstance(p, nn.Parameter) and not p.requires_grad)
-
-
 def lora_modules(net: nn.Module) -> Iterator[LoRADelta]:
     return (m for m in net.modules() if isinstance(m, LoRADelta))
 
