@@ -295,3 +295,60 @@ def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     run = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "", run.stdout + run.stderr
+
+
+def _learner_pod(docs: list[dict]) -> dict:
+    workload = next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+                    and d["metadata"]["name"].startswith("streamer")
+                    and d["spec"]["template"]["metadata"]["labels"].get(
+                        "app.kubernetes.io/component") == "learner")  # fmt: skip
+    return workload["spec"]["template"]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_learner_runs_as_its_own_service_account_with_no_token_mounted(overlay):
+    docs = render(overlay)
+    pod = _learner_pod(docs)["spec"]
+    account = find(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert account["metadata"]["name"] == "streamer"
+    assert account["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is False  # whatever the account says later
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding", "ClusterRoleBinding")]
+
+
+def _ports(rule: dict) -> set[tuple[int | str, str]]:
+    return {(p["port"], p.get("protocol", "TCP")) for p in rule.get("ports", [])}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_network_policy_lets_in_only_scrapes_and_out_only_dns_brokers_and_the_store(
+    overlay, monkeypatch
+):
+    docs = render(overlay)
+    template, policy = _learner_pod(docs), find(docs, "NetworkPolicy", "streamer")["spec"]
+    selector = policy["podSelector"]["matchLabels"]
+    assert selector.items() <= template["metadata"]["labels"].items()  # it applies to the pod
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}  # both default to deny
+    container = template["spec"]["containers"][0]
+    metrics = sorted(p["containerPort"] for p in container["ports"] if "metrics" in p["name"])
+    scrape = policy["ingress"][0]
+    assert scrape["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]  # fmt: skip
+    (port,) = scrape["ports"]
+    if overlay == "multi-gpu":  # every rank's port; and the ranks reach one another
+        assert (port["port"], port["endPort"]) == (metrics[0], metrics[-1])
+        peers = {"podSelector": {"matchLabels": selector}}
+        assert policy["ingress"][1] == {"from": [peers]} and {"to": [peers]} in policy["egress"]
+    else:
+        assert port["port"] == "metrics" and len(policy["ingress"]) == 1
+    allowed = set().union(*(_ports(r) for r in policy["egress"] if "to" not in r))
+    env = find(docs, "ConfigMap", "streamer-restart")["data"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(K8S / "base" / "config" / "config.yaml")
+    brokers = {int(b.rsplit(":", 1)[1]) for b in settings.kafka.bootstrap_servers}
+    assert {(53, "UDP"), (53, "TCP")} | {(p, "TCP") for p in brokers} <= allowed
+    if settings.publish.enabled and "://" in settings.publish.url:
+        assert (443, "TCP") in allowed  # an object store, over HTTPS
