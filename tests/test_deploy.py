@@ -352,3 +352,78 @@ def test_the_network_policy_lets_in_only_scrapes_and_out_only_dns_brokers_and_th
     assert {(53, "UDP"), (53, "TCP")} | {(p, "TCP") for p in brokers} <= allowed
     if settings.publish.enabled and "://" in settings.publish.url:
         assert (443, "TCP") in allowed  # an object store, over HTTPS
+
+
+MODEL_CACHE = K8S / "components" / "model-cache"
+
+
+def render_with(component: Path, overlay: str, tmp_path: Path) -> list[dict]:
+    here = tmp_path / "overlays" / "with"
+    here.mkdir(parents=True)
+    (here / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / overlay, here)],
+        "components": [os.path.relpath(component, here)],
+    }))  # fmt: skip
+    return render("with", tmp_path)
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line and line[0] != "#"]
+    return dict(line.split("=", 1) for line in lines)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["gpu", "gpu-local-volume"])
+def test_the_model_cache_component_keeps_the_weights_on_a_claim_and_starts_offline(
+    overlay, tmp_path
+):
+    import open_clip
+
+    docs = render_with(MODEL_CACHE, overlay, tmp_path)
+    for doc in docs:
+        validate(doc)
+    pod = find(docs, "Deployment", "streamer")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = {"claimName": "streamer-models"}
+    assert volumes["cache"] == {"name": "cache", "persistentVolumeClaim": claim}
+    assert find(docs, "PersistentVolumeClaim", "streamer-models")["spec"]["accessModes"] == [
+        "ReadWriteOnce"]  # fmt: skip
+    (init,), (main,) = pod["initContainers"], pod["containers"]
+    assert init["image"] == main["image"]  # the same locked image brings `hf`
+    mount = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}["cache"]
+    assert {m["name"]: m["mountPath"] for m in init["volumeMounts"]}["cache"] == mount
+    source = find(docs, "ConfigMap", "streamer-model-source")["data"]
+    assert [e["configMapRef"]["name"] for e in init["envFrom"]] == [
+        find(docs, "ConfigMap", "streamer-model-source")["metadata"]["name"]]  # fmt: skip
+    restart = find(docs, "ConfigMap", "streamer-restart")["data"]
+    assert restart["STREAMER_MODEL__PRETRAINED"] == f"{source['MODEL_DIR']}/{source['MODEL_FILE']}"
+    assert source["MODEL_DIR"].startswith(mount + "/") and restart["HF_HUB_OFFLINE"] == "1"
+    # the repository is the one open_clip itself would fetch for the base's arch and tag
+    base = _env_file(K8S / "base" / "restart.env")
+    hub = open_clip.get_pretrained_cfg(restart["STREAMER_MODEL__ARCH"],
+                                       base["STREAMER_MODEL__PRETRAINED"])["hf_hub"]  # fmt: skip
+    assert hub.rstrip("/") == source["MODEL_REPO"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_fetch_step_downloads_once_and_then_leaves_the_cache_alone(tmp_path):
+    """The init container's shell step, run here with a stand-in `hf` that records its call."""
+    component = yaml.safe_load((MODEL_CACHE / "kustomization.yaml").read_text())
+    patch = yaml.safe_load(component["patches"][0]["patch"])
+    (init,) = patch["spec"]["template"]["spec"]["initContainers"]
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    (bin_dir / "hf").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nmkdir -p "$5"\n'
+                                f'echo weights > "$5/$3"\n')  # fmt: skip
+    (bin_dir / "hf").chmod(0o755)
+    env = {**_env_file(MODEL_CACHE / "model.env"), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    env["MODEL_DIR"] = str(tmp_path / "models" / "vit")
+    for _ in range(2):
+        run = subprocess.run([*init["command"], *init["args"]], env=env, capture_output=True,
+                             text=True)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+    assert calls.read_text().splitlines() == [
+        f"download {env['MODEL_REPO']} {env['MODEL_FILE']} --local-dir {env['MODEL_DIR']}"
+    ]
+    assert "is there" in run.stdout
