@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -427,3 +429,88 @@ def test_the_fetch_step_downloads_once_and_then_leaves_the_cache_alone(tmp_path)
         f"download {env['MODEL_REPO']} {env['MODEL_FILE']} --local-dir {env['MODEL_DIR']}"
     ]
     assert "is there" in run.stdout
+
+
+# -- the image: built from hash-checked locks --------------------------------------------
+DEMO_ONLY = {"scikit-learn", "matplotlib", "scikit-image", "pytest", "hypothesis", "ruff"}
+# Pinned differently on purpose: in the image only botocore (s3fs) needs it, in
+# requirements.lock only matplotlib (demo); neither resolution allows the other's version.
+MAY_DIFFER = {"python-dateutil"}
+
+
+def _lock(name: str) -> dict[str, str]:
+    """{package: version} of a uv lock; fails if any requirement has no hash."""
+    text = (ROOT / name).read_text()
+    entries = re.split(r"\n(?=[a-z0-9])", text.split("\n", 2)[2])
+    pins = {}
+    for entry in entries:
+        match = re.match(r"([A-Za-z0-9._-]+)==([^\s;\\]+)", entry)
+        assert match and "--hash=sha256:" in entry, entry[:200]
+        pins[match[1].lower()] = match[2]
+    return pins
+
+
+def _requirement_names(specs: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", s, maxsplit=1)[0].lower().replace("_", "-") for s in specs}
+
+
+def test_the_image_installs_only_from_hash_checked_locks_on_a_base_pinned_by_digest():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert len(bases) == 2 and len(set(bases)) == 1, bases
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", bases[0])
+    installs = re.findall(r"pip install ([^&\n]+)", dockerfile)
+    locks = re.findall(r"--require-hashes -r (\S+)", dockerfile)
+    assert [Path(p).name for p in locks] == ["requirements-build.lock", "requirements-image.lock"]
+    assert all("--require-hashes -r" in i or "--no-deps /wheels/" in i for i in installs), installs
+    assert (
+        "--no-build-isolation" in re.search(r"pip wheel .*", dockerfile)[0]
+    )  # no unpinned backend
+    for lock in locks:
+        assert _lock(Path(lock).name)  # every requirement pinned, with its hashes
+
+
+def test_the_image_lock_is_the_tested_lock_without_the_demo_and_states_its_cuda_build():
+    image, tested, build = _lock("requirements-image.lock"), _lock("requirements.lock"), _lock(
+        "requirements-build.lock")  # fmt: skip
+    assert not DEMO_ONLY & image.keys()
+    differ = {n for n in image.keys() & tested.keys() if image[n] != tested[n]}
+    assert differ <= MAY_DIFFER, {n: (image[n], tested[n]) for n in differ}
+    assert all(tested[n] == v for n, v in build.items())  # the backend the editable install uses
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    runtime = [*project["dependencies"], *extras["s3"], *extras["gcs"], *extras["broker"]]
+    assert _requirement_names(runtime) <= image.keys()
+    assert _requirement_names(extras["demo"]) <= DEMO_ONLY
+    labels = dict(
+        re.findall(r'dev\.streamer\.([\w-]+)="([^"]+)"', (ROOT / "Dockerfile").read_text())
+    )
+    assert labels["torch"] == image["torch"] == tested["torch"]
+    cuda = image["nvidia-cuda-runtime"].split(".")
+    assert labels["cuda"] == f"{cuda[0]}.{cuda[1]}" and int(labels["min-nvidia-driver"]) >= 580
+
+
+def test_the_product_imports_with_the_demo_packages_absent():
+    """What the image runs (every module but streamer.dev) loads without the demo extra:
+    imported in a process where scikit-learn, matplotlib and scikit-image cannot be found
+    (river tries scikit-learn and goes on without it)."""
+    code = textwrap.dedent("""
+        import importlib, importlib.machinery, pkgutil, sys
+        class Absent:  # importing one fails as if it were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {"sklearn", "matplotlib", "skimage"}:
+                    return importlib.machinery.ModuleSpec(name, self)
+            def create_module(self, spec):
+                raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
+            def exec_module(self, module):
+                pass
+        sys.meta_path.insert(0, Absent())
+        import streamer
+        for mod in pkgutil.walk_packages(streamer.__path__, "streamer."):
+            if not mod.name.startswith("streamer.dev") and not mod.name.endswith("__main__"):
+                importlib.import_module(mod.name)
+        print("imported")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "imported"
