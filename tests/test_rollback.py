@@ -82,6 +82,8 @@ def test_export_command_writes_a_merged_file_and_manifest(tmp_path, digit_stream
     assert main([*args, "--format", "merged", "--blend", "0.5"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["blend"] == 0.5 and "open_clip_model.safetensors" in manifest["files"]
+    assert main([*args, "--format", "adapters"]) == 2  # the folder is not empty: refused
+    assert json.loads((out / "manifest.json").read_text()) == manifest
     with pytest.raises(SystemExit):
         main([*args, "--blend", "2"])
 

@@ -168,3 +168,11 @@ def test_an_upload_that_does_not_verify_is_removed_and_never_pointed_at(
     assert store.latest() is None and store.versions() == []
     monkeypatch.setattr(store.fs, "put_file", put_file)
     assert store.publish(exported) == "v000001"  # the number was never taken
+
+
+def test_serving_code_can_verify_without_torch_or_open_clip(exported):
+    code = ("import sys; from streamer.state.verify import verify; verify(sys.argv[1]); "
+            "print(sorted({'torch', 'open_clip'} & set(sys.modules)))")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code, str(exported)], capture_output=True,
+                         text=True, cwd=Path(__file__).parent.parent)  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr[-2000:]
