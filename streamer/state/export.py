@@ -35,7 +35,8 @@ MERGED = "open_clip_model.safetensors"
 ADAPTERS = "adapters.safetensors"
 CONFIG = "open_clip_config.json"
 MODE = 0o644
-__all__ = ["ADAPTERS", "CONFIG", "MANIFEST", "MERGED", "ExportError", "export", "sha256"]
+__all__ = ["ADAPTERS", "CONFIG", "MANIFEST", "MERGED", "ExportError", "export", "load_merged",
+           "model_for", "sha256"]  # fmt: skip
 
 
 class ExportError(RuntimeError):
