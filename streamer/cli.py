@@ -166,6 +166,7 @@ def _checkpoint_dir(args: argparse.Namespace) -> Path:
 def export(args: argparse.Namespace) -> int:
     """A checkpoint as adapters or a merged open_clip file, with its manifest."""
     from streamer.state.checkpoint import load_latest, read
+    from streamer.state.export import ExportError
     from streamer.state.export import export as write_export
 
     directory = _checkpoint_dir(args)
@@ -175,23 +176,40 @@ def export(args: argparse.Namespace) -> int:
     if ckpt is None:
         print(f"no readable checkpoint in {directory}", file=sys.stderr)
         return 1
-    manifest = write_export(ckpt, args.out, args.format, args.blend)
+    try:
+        manifest = write_export(ckpt, args.out, args.format, args.blend)
+    except ExportError as exc:
+        print(f"cannot export: {exc}", file=sys.stderr)
+        return 2
     print(f"{ckpt.id} exported to {args.out} ({args.format}, blend {manifest['blend']}, "
           f"step {manifest['step']}): {', '.join(manifest['files'])}")  # fmt: skip
     return 0
 
 
 def rollback(args: argparse.Namespace) -> int:
-    """On a stopped daemon's checkpoints: the model of --to, the offsets and counts of now."""
-    from streamer.state.rollback import RollbackError
-    from streamer.state.rollback import rollback as roll_back
+    """On a stopped daemon's checkpoints: the model of --to, the offsets and counts of now.
+    Refused while a daemon holds the directory, unless --force (docs/operations.md)."""
+    from streamer.state.rollback import RollbackError, rollback_offline
 
     try:
-        written = roll_back(_checkpoint_dir(args), args.to)
+        written = rollback_offline(_checkpoint_dir(args), args.to, force=args.force)
     except RollbackError as exc:
         print(f"cannot roll back: {exc}", file=sys.stderr)
         return 1
     print(f"rolled back to {args.to} as {written}; the daemon resumes from it on its next start")
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    """An export or published version against its manifest: every file, every sha256."""
+    from streamer.state import verify as v
+
+    try:
+        manifest = v.verify(args.path)
+    except (v.VerifyError, OSError) as exc:  # 2: nothing there to check; 1: it does not match
+        print(f"verification failed: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, v.NothingToVerify) else 1
+    print(f"{args.path}: {len(manifest['files'])} files match ({manifest.get('checkpoint')})")
     return 0
 
 
@@ -257,12 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--out", type=Path, required=True, help="directory to write into")
     back = commands.add_parser("rollback", help="make an earlier checkpoint's model current")
     back.add_argument("--to", required=True, help="the checkpoint id to roll back to")
+    back.add_argument("--force", action="store_true", help="even if a daemon holds the dir")
     for sub in (exp, back):
         sub.add_argument("--checkpoint-dir", type=Path, help="default: the config's checkpoint.dir")
         sub.add_argument("--config", type=Path, default=os.environ.get("STREAMER_CONFIG"))
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     exp.set_defaults(handler=export)
     back.set_defaults(handler=rollback)
+    ver = commands.add_parser("verify", help="check an export or published version's files")
+    ver.add_argument("path", help="an export folder, versions/vN, or a store URL (its latest)")
+    ver.set_defaults(handler=verify)
     brk = commands.add_parser("broker", help="start the embedded Kafka-compatible broker")
     brk.add_argument("--port", type=int, default=9092)
     brk.add_argument("--host", default="0.0.0.0", help="address to listen on")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from streamer.cli import main
 
@@ -29,3 +30,20 @@ def test_simulate_runs_the_engine_on_real_digits(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "A_last" in out and "task-0" in out
     assert (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("pretrained", ["missing", "tag"])
+def test_an_offline_start_without_its_weights_fails_with_one_line_naming_them(
+    pretrained, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = tmp_path / "models" / "open_clip_model.safetensors"
+    model = ({"arch": "streamer-tiny", "pretrained": str(weights)} if pretrained == "missing"
+             else {"arch": "RN50", "pretrained": "openai", "cache_dir": str(tmp_path)})  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": model, "metrics": {"port": 0}}))
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cannot start: model.pretrained") and err.count("\n") == 1
+    assert (str(weights) if pretrained == "missing" else "HF_HUB_OFFLINE") in err
+    assert "Air-gapped start" in err and "Traceback" not in err

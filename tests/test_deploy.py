@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -295,3 +297,220 @@ def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     run = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "", run.stdout + run.stderr
+
+
+def _learner_pod(docs: list[dict]) -> dict:
+    workload = next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+                    and d["metadata"]["name"].startswith("streamer")
+                    and d["spec"]["template"]["metadata"]["labels"].get(
+                        "app.kubernetes.io/component") == "learner")  # fmt: skip
+    return workload["spec"]["template"]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_learner_runs_as_its_own_service_account_with_no_token_mounted(overlay):
+    docs = render(overlay)
+    pod = _learner_pod(docs)["spec"]
+    account = find(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert account["metadata"]["name"] == "streamer"
+    assert account["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is False  # whatever the account says later
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding", "ClusterRoleBinding")]
+
+
+def _ports(rule: dict) -> set[tuple[int | str, str]]:
+    return {(p["port"], p.get("protocol", "TCP")) for p in rule.get("ports", [])}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_network_policy_lets_in_only_scrapes_and_out_only_dns_brokers_and_the_store(
+    overlay, monkeypatch
+):
+    docs = render(overlay)
+    template, policy = _learner_pod(docs), find(docs, "NetworkPolicy", "streamer")["spec"]
+    selector = policy["podSelector"]["matchLabels"]
+    assert selector.items() <= template["metadata"]["labels"].items()  # it applies to the pod
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}  # both default to deny
+    container = template["spec"]["containers"][0]
+    metrics = sorted(p["containerPort"] for p in container["ports"] if "metrics" in p["name"])
+    scrape = policy["ingress"][0]
+    assert scrape["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]  # fmt: skip
+    (port,) = scrape["ports"]
+    if overlay == "multi-gpu":  # every rank's port; and the ranks reach one another
+        assert (port["port"], port["endPort"]) == (metrics[0], metrics[-1])
+        peers = {"podSelector": {"matchLabels": selector}}
+        assert policy["ingress"][1] == {"from": [peers]} and {"to": [peers]} in policy["egress"]
+    else:
+        assert port["port"] == "metrics" and len(policy["ingress"]) == 1
+    allowed = set().union(*(_ports(r) for r in policy["egress"] if "to" not in r))
+    env = find(docs, "ConfigMap", "streamer-restart")["data"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(K8S / "base" / "config" / "config.yaml")
+    brokers = {int(b.rsplit(":", 1)[1]) for b in settings.kafka.bootstrap_servers}
+    assert {(53, "UDP"), (53, "TCP")} | {(p, "TCP") for p in brokers} <= allowed
+    if settings.publish.enabled and "://" in settings.publish.url:
+        assert (443, "TCP") in allowed  # an object store, over HTTPS
+
+
+MODEL_CACHE = K8S / "components" / "model-cache"
+
+
+def render_with(component: Path, overlay: str, tmp_path: Path) -> list[dict]:
+    here = tmp_path / "overlays" / "with"
+    here.mkdir(parents=True)
+    (here / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / overlay, here)],
+        "components": [os.path.relpath(component, here)],
+    }))  # fmt: skip
+    return render("with", tmp_path)
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line and line[0] != "#"]
+    return dict(line.split("=", 1) for line in lines)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["gpu", "gpu-local-volume"])
+def test_the_model_cache_component_keeps_the_weights_on_a_claim_and_starts_offline(
+    overlay, tmp_path
+):
+    import open_clip
+
+    docs = render_with(MODEL_CACHE, overlay, tmp_path)
+    for doc in docs:
+        validate(doc)
+    pod = find(docs, "Deployment", "streamer")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = {"claimName": "streamer-models"}
+    assert volumes["cache"] == {"name": "cache", "persistentVolumeClaim": claim}
+    assert find(docs, "PersistentVolumeClaim", "streamer-models")["spec"]["accessModes"] == [
+        "ReadWriteOnce"]  # fmt: skip
+    (init,), (main,) = pod["initContainers"], pod["containers"]
+    assert init["image"] == main["image"]  # the same locked image brings `hf`
+    mount = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}["cache"]
+    assert {m["name"]: m["mountPath"] for m in init["volumeMounts"]}["cache"] == mount
+    source = find(docs, "ConfigMap", "streamer-model-source")["data"]
+    assert [e["configMapRef"]["name"] for e in init["envFrom"]] == [
+        find(docs, "ConfigMap", "streamer-model-source")["metadata"]["name"]]  # fmt: skip
+    restart = find(docs, "ConfigMap", "streamer-restart")["data"]
+    assert restart["STREAMER_MODEL__PRETRAINED"] == f"{source['MODEL_DIR']}/{source['MODEL_FILE']}"
+    assert source["MODEL_DIR"].startswith(mount + "/") and restart["HF_HUB_OFFLINE"] == "1"
+    # the repository is the one open_clip itself would fetch for the base's arch and tag
+    base = _env_file(K8S / "base" / "restart.env")
+    hub = open_clip.get_pretrained_cfg(restart["STREAMER_MODEL__ARCH"],
+                                       base["STREAMER_MODEL__PRETRAINED"])["hf_hub"]  # fmt: skip
+    assert hub.rstrip("/") == source["MODEL_REPO"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_fetch_step_downloads_once_and_then_leaves_the_cache_alone(tmp_path):
+    """The init container's shell step, run here with a stand-in `hf` that records its call."""
+    component = yaml.safe_load((MODEL_CACHE / "kustomization.yaml").read_text())
+    patch = yaml.safe_load(component["patches"][0]["patch"])
+    (init,) = patch["spec"]["template"]["spec"]["initContainers"]
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    (bin_dir / "hf").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nmkdir -p "$5"\n'
+                                f'echo weights > "$5/$3"\n')  # fmt: skip
+    (bin_dir / "hf").chmod(0o755)
+    env = {**_env_file(MODEL_CACHE / "model.env"), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    env["MODEL_DIR"] = str(tmp_path / "models" / "vit")
+    for _ in range(2):
+        run = subprocess.run([*init["command"], *init["args"]], env=env, capture_output=True,
+                             text=True)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+    assert calls.read_text().splitlines() == [
+        f"download {env['MODEL_REPO']} {env['MODEL_FILE']} --local-dir {env['MODEL_DIR']}"
+    ]
+    assert "is there" in run.stdout
+
+
+# -- the image: built from hash-checked locks --------------------------------------------
+DEMO_ONLY = {"scikit-learn", "matplotlib", "scikit-image", "pytest", "hypothesis", "ruff"}
+# Pinned differently on purpose: in the image only botocore (s3fs) needs it, in
+# requirements.lock only matplotlib (demo); neither resolution allows the other's version.
+MAY_DIFFER = {"python-dateutil"}
+
+
+def _lock(name: str) -> dict[str, str]:
+    """{package: version} of a uv lock; fails if any requirement has no hash."""
+    text = (ROOT / name).read_text()
+    entries = re.split(r"\n(?=[a-z0-9])", text.split("\n", 2)[2])
+    pins = {}
+    for entry in entries:
+        match = re.match(r"([A-Za-z0-9._-]+)==([^\s;\\]+)", entry)
+        assert match and "--hash=sha256:" in entry, entry[:200]
+        pins[match[1].lower()] = match[2]
+    return pins
+
+
+def _requirement_names(specs: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", s, maxsplit=1)[0].lower().replace("_", "-") for s in specs}
+
+
+def test_the_image_installs_only_from_hash_checked_locks_on_a_base_pinned_by_digest():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert len(bases) == 2 and len(set(bases)) == 1, bases
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", bases[0])
+    installs = re.findall(r"pip install ([^&\n]+)", dockerfile)
+    locks = re.findall(r"--require-hashes -r (\S+)", dockerfile)
+    assert [Path(p).name for p in locks] == ["requirements-build.lock", "requirements-image.lock"]
+    assert all("--require-hashes -r" in i or "--no-deps /wheels/" in i for i in installs), installs
+    assert (
+        "--no-build-isolation" in re.search(r"pip wheel .*", dockerfile)[0]
+    )  # no unpinned backend
+    for lock in locks:
+        assert _lock(Path(lock).name)  # every requirement pinned, with its hashes
+
+
+def test_the_image_lock_is_the_tested_lock_without_the_demo_and_states_its_cuda_build():
+    image, tested, build = _lock("requirements-image.lock"), _lock("requirements.lock"), _lock(
+        "requirements-build.lock")  # fmt: skip
+    assert not DEMO_ONLY & image.keys()
+    differ = {n for n in image.keys() & tested.keys() if image[n] != tested[n]}
+    assert differ <= MAY_DIFFER, {n: (image[n], tested[n]) for n in differ}
+    assert all(tested[n] == v for n, v in build.items())  # the backend the editable install uses
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    runtime = [*project["dependencies"], *extras["s3"], *extras["gcs"], *extras["broker"]]
+    assert _requirement_names(runtime) <= image.keys()
+    assert _requirement_names(extras["demo"]) <= DEMO_ONLY
+    labels = dict(
+        re.findall(r'dev\.streamer\.([\w-]+)="([^"]+)"', (ROOT / "Dockerfile").read_text())
+    )
+    assert labels["torch"] == image["torch"] == tested["torch"]
+    cuda = image["nvidia-cuda-runtime"].split(".")
+    assert labels["cuda"] == f"{cuda[0]}.{cuda[1]}" and int(labels["min-nvidia-driver"]) >= 580
+
+
+def test_the_product_imports_with_the_demo_packages_absent():
+    """What the image runs (every module but streamer.dev) loads without the demo extra:
+    imported in a process where scikit-learn, matplotlib and scikit-image cannot be found
+    (river tries scikit-learn and goes on without it)."""
+    code = textwrap.dedent("""
+        import importlib, importlib.machinery, pkgutil, sys
+        class Absent:  # importing one fails as if it were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {"sklearn", "matplotlib", "skimage"}:
+                    return importlib.machinery.ModuleSpec(name, self)
+            def create_module(self, spec):
+                raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
+            def exec_module(self, module):
+                pass
+        sys.meta_path.insert(0, Absent())
+        import streamer
+        for mod in pkgutil.walk_packages(streamer.__path__, "streamer."):
+            if not mod.name.startswith("streamer.dev") and not mod.name.endswith("__main__"):
+                importlib.import_module(mod.name)
+        print("imported")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "imported"

@@ -17,11 +17,10 @@ from pydantic import ValidationError
 
 from streamer.config import GateConfig, PublishConfig
 from streamer.intake.source import MemorySource
-from streamer.learning.model import REPO_CONFIGS
 from streamer.learning.peft import merged_state_dict
 from streamer.state import gate
 from streamer.state.checkpoint import PUBLISHED, complete_checkpoints, load_latest, read
-from streamer.state.export import MANIFEST, MERGED, export, load_merged, model_for, sha256
+from streamer.state.export import MANIFEST, export, load_merged, model_for, sha256
 from streamer.state.publisher import Publisher, PublishMetrics
 from streamer.state.store import VersionStore
 
@@ -77,9 +76,9 @@ def test_a_merged_export_loaded_by_open_clip_alone_gives_the_daemons_embeddings(
     assert manifest["files"] == {n: sha256(tmp_path / n) for n in manifest["files"]}
     assert manifest["checkpoint"] == checkpoint.id and manifest["offsets"] == checkpoint.meta[
         "offsets"]  # fmt: skip
-    # what a serving stack does: open_clip only, the arch's config registered
-    open_clip.add_model_config(REPO_CONFIGS)
-    served = open_clip.create_model(manifest["arch"], pretrained=str(tmp_path / MERGED)).eval()
+    # what a serving stack does: open_clip only, the export's folder (test_verify.py runs it
+    # in a process that cannot import streamer)
+    served = open_clip.create_model(f"local-dir:{tmp_path}").eval()
     model = daemon.engine.model
     pairs = [daemon.engine.to_pair(s) for s in digit_stream[:8]]
     # uint8 at model resolution; the mean/std step of open_clip's transform makes them its input
@@ -100,10 +99,10 @@ def test_a_blend_of_zero_is_the_base_and_one_is_the_model_as_trained(trained, tm
     with model.base() as base_net:
         base = {k: v.clone() for k, v in merged_state_dict(base_net).items()}
     export(checkpoint, tmp_path / "zero", "merged", blend=0.0, model=model)
-    blended = load_merged(model.cfg.arch, tmp_path / "zero" / MERGED).state_dict()
+    blended = load_merged(tmp_path / "zero").state_dict()
     assert all(torch.allclose(blended[k], base[k], atol=1e-6) for k in base)
     export(checkpoint, tmp_path / "one", "merged", blend=1.0, model=model)
-    trained_state = load_merged(model.cfg.arch, tmp_path / "one" / MERGED).state_dict()
+    trained_state = load_merged(tmp_path / "one").state_dict()
     assert any(not torch.allclose(trained_state[k], base[k]) for k in base)  # it learned
     adapters = export(checkpoint, tmp_path / "adapters", "adapters", blend=0.0, model=model)
     assert adapters["format"] == "adapters" and adapters["blend"] == 0.0

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from streamer.cli import main
-from streamer.config import GateConfig
+from streamer.config import CheckpointConfig, GateConfig
 from streamer.intake.source import MemorySource
-from streamer.state.checkpoint import complete_checkpoints, load_latest, read
+from streamer.state.checkpoint import Checkpointer, complete_checkpoints, load_latest, read
+from streamer.state.lock import DirectoryLock, is_locked
+from streamer.state.rollback import rollback
 from streamer.state.store import VersionStore
 
 from .test_daemon import Run, _all, _records, _settings
@@ -78,6 +82,8 @@ def test_export_command_writes_a_merged_file_and_manifest(tmp_path, digit_stream
     assert main([*args, "--format", "merged", "--blend", "0.5"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["blend"] == 0.5 and "open_clip_model.safetensors" in manifest["files"]
+    assert main([*args, "--format", "adapters"]) == 2  # the folder is not empty: refused
+    assert json.loads((out / "manifest.json").read_text()) == manifest
     with pytest.raises(SystemExit):
         main([*args, "--blend", "2"])
 
@@ -122,3 +128,73 @@ def test_auto_rollback_after_refusals_in_a_row_restores_the_last_published_model
     assert ledger.counts["trained"] + ledger.counts["probes"] == sum(
         1 for r in records if r.offset < ledger.offsets.get((r.topic, r.partition), 0)
     )
+
+
+# -- a safe rollback: the daemon's lock, and the target kept -------------------------------
+def test_an_offline_rollback_refuses_while_the_daemon_runs_and_works_once_it_stopped(
+    tmp_path, digit_stream, capsys
+):
+    directory, tries = tmp_path / "ckpt", []
+
+    def try_rollback(outcome, daemon) -> None:  # on the daemon's thread, the lock held
+        ids = [p.name for p in complete_checkpoints(directory)]
+        if len(ids) >= 2 and not tries:
+            tries.append((main(["rollback", "--checkpoint-dir", str(directory), "--to", ids[0]]),
+                          capsys.readouterr().err, ids[0]))  # fmt: skip
+
+    _run(tmp_path, digit_stream[:160], on_step=try_rollback, checkpoint={"keep": 50})
+    code, err, target = tries[0]
+    assert code == 1 and "in use by a running daemon" in err and "--force" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not [m for m in _metas(directory) if m.get("rollback")]  # nothing written
+    assert main(["rollback", "--checkpoint-dir", str(directory), "--to", target]) == 0
+
+
+def _metas(directory) -> list[dict]:
+    return [json.loads((p / "meta.json").read_text()) for p in complete_checkpoints(directory)]
+
+
+HOLDER = """
+import sys, time
+from streamer.state.lock import DirectoryLock
+DirectoryLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_lock_dies_with_a_killed_daemon_and_force_overrides_a_held_one(
+    tmp_path, digit_stream, capsys
+):
+    _run(tmp_path, digit_stream[:48], checkpoint={"keep": 50})
+    directory = tmp_path / "ckpt"
+    first = complete_checkpoints(directory)[0].name
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert is_locked(directory)
+        back = ["rollback", "--checkpoint-dir", str(directory), "--to", first]
+        assert main(back) == 1 and f"pid {holder.pid}" in capsys.readouterr().err
+        assert main([*back, "--force"]) == 0  # the operator's call: see docs/operations.md
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the flock
+        holder.wait()
+    assert not is_locked(directory)
+    with DirectoryLock(directory):  # a restarted daemon takes it at once
+        assert is_locked(directory)
+
+
+def test_the_rollback_target_is_kept_while_a_kept_checkpoint_names_it(tmp_path, digit_stream):
+    _run(tmp_path, digit_stream[:96], checkpoint={"keep": 3, "keep_published": False})
+    directory = tmp_path / "ckpt"
+    oldest_kept = complete_checkpoints(directory)[0].name
+    written = rollback(directory, oldest_kept)  # a 4th checkpoint: the window moves past it
+    assert (directory / oldest_kept).exists()
+    checkpoints = Checkpointer(CheckpointConfig(dir=directory, keep=3, keep_published=False))
+    rolled = read(directory / written)
+    for _ in range(2):  # the rollback checkpoint still among the last 3: its target stays
+        checkpoints.save(rolled.weights, rolled.state, {"step": rolled.meta["step"]})
+        assert (directory / oldest_kept).exists()
+    checkpoints.save(rolled.weights, rolled.state, {"step": rolled.meta["step"]})
+    assert not (directory / written).exists() and not (directory / oldest_kept).exists()

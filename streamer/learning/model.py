@@ -49,7 +49,10 @@ def is_weights_path(pretrained: str) -> bool:
 
 def _check_weights_file(path: Path) -> None:
     if not path.is_file():
-        raise ModelLoadError(f"model.pretrained: weights file {path} does not exist")
+        raise ModelLoadError(
+            f"model.pretrained: weights file {path} does not exist (fill the model cache "
+            "first: docs/operations.md, 'Air-gapped start')"
+        )
     if not os.access(path, os.R_OK):
         raise ModelLoadError(f"model.pretrained: weights file {path} is not readable")
 
@@ -95,7 +98,8 @@ def _resolve_tag(arch: str, tag: str, cache_dir: Path | None) -> str:
             return cached
     raise ModelLoadError(
         f"model.pretrained: tag {tag!r} for {arch} is not in the local cache and HF_HUB_OFFLINE "
-        "is set; download it once or give a local weights file path"
+        "is set; download it once or give a local weights file path (docs/operations.md, "
+        "'Air-gapped start')"
     )
 
 

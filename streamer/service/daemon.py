@@ -34,11 +34,12 @@ from streamer.service.refusals import DeadLetterFlood, Refusals
 from streamer.service.reload import ConfigWatcher
 from streamer.state.checkpoint import Checkpointer, CheckpointError
 from streamer.state.ledger import Ledger
+from streamer.state.lock import DirectoryLock, DirectoryLocked
 from streamer.state.rollback import roll_back_live
 
 log = structlog.get_logger(__name__)
 FATAL = (DeadLetterFlood, DeadLetterError, CheckpointError, SourceFailed, ManifestError,
-         ModelLoadError)  # fmt: skip  # stop without committing; a restart resumes
+         ModelLoadError, DirectoryLocked)  # fmt: skip  # stop without committing; a restart resumes
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,10 @@ class Daemon:
                               self.healthy, self.ready)  # fmt: skip
         self.metrics_port = server.port
         self.metrics.describe(self.settings)
+        lock = DirectoryLock(self.settings.checkpoint.dir)  # one writer; rollback checks it
         try:
+            if self.world.is_root:
+                lock.acquire()  # held for the process's life; the kernel drops it on a kill
             self._become("restoring")
             self.persistence.restore()  # weights, optimizer, replay, evaluator, ledger
             self.source = self.source or wiring.kafka_source(
@@ -122,6 +126,7 @@ class Daemon:
             if self.source is not None:
                 self.source.close()
             server.stop()
+            lock.release()
             structlog.contextvars.unbind_contextvars("step", "checkpoint")
 
     def _turn(self) -> bool:

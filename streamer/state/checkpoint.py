@@ -7,6 +7,9 @@ objects), `meta.json` (id, offsets, counters, config hash; for people and tools)
 A checkpoint that cannot be read, for whatever reason (a truncated file, garbled JSON, a
 disk error), is skipped for the next older one and renamed `ckpt-NNNNNNNN.damaged` by the
 writer, so it is looked at once and kept for inspection. Numbers are never reused.
+
+Pruning keeps the last K, published checkpoints (`keep_published`), and any checkpoint a
+kept one was rolled back to: a rollback never loses its target to the keep window.
 """
 
 from __future__ import annotations
@@ -122,12 +125,28 @@ class Checkpointer:
     def _prune(self) -> None:
         kept = complete_checkpoints(self.cfg.dir)[-self.cfg.keep :]
         oldest = _number(kept[0]) if kept else None
+        targets = _rollback_targets(kept)
         for old in self.cfg.dir.glob(f"{PREFIX}*"):
             number = _number(old)
             if self.cfg.keep_published and (old / PUBLISHED).exists():
                 continue
+            if old.name in targets:  # a kept rollback's target: what it was rolled back to
+                continue
             if old not in kept and number is not None and oldest is not None and number < oldest:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _rollback_targets(kept: list[Path]) -> set[str]:
+    """Ids the kept checkpoints were rolled back to (their meta.json `rollback.to`)."""
+    targets = set()
+    for path in kept:
+        try:
+            rolled = json.loads((path / "meta.json").read_text()).get("rollback") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable: judged when read, not here
+        if isinstance(rolled, dict) and isinstance(rolled.get("to"), str):
+            targets.add(rolled["to"])
+    return targets
 
 
 def _number(path: Path) -> int | None:

@@ -3,17 +3,19 @@
 - `adapters`: `adapters.safetensors`, the trainable parameters (LoRA factors, or the unfrozen
   weights), to load into the same architecture and base with streamer's PEFT;
 - `merged`: `open_clip_model.safetensors`, a plain open_clip state dict with the adapters
-  folded in: `open_clip.create_model(arch, pretrained=PATH)` loads it, nothing else needed
-  (`open_clip_config.json` beside it registers an architecture open_clip does not ship).
+  folded in, and `open_clip_config.json` in the Hugging Face hub layout open_clip reads
+  (`model_cfg`, `preprocess_cfg`): `open_clip.create_model_and_transforms("local-dir:DIR")`
+  loads the folder with open_clip alone, whatever the architecture (open_clip >= 3).
 
 `blend` is WiSE-FT toward the base: base + blend x (trained - base); 0 is the base, 1 (or
 None) the model as trained. `manifest.json` says what it is: arch, base, step, offsets,
-quality, config hash, and the sha256 of every other file.
+quality, config hash, and the sha256 of every other file (`streamer.state.verify` checks
+them). Every file is written 0644, so a server running as another user can read it; the
+output folder must be empty or absent, so a manifest never lists an older export's file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -23,14 +25,22 @@ import torch
 from safetensors.torch import save_file
 
 from streamer.config import ModelConfig
-from streamer.learning.model import ClipModel, register_model_configs
+from streamer.learning.model import ClipModel
 from streamer.learning.peft import merged_state_dict
 from streamer.state.checkpoint import Checkpoint
+from streamer.state.verify import MANIFEST, sha256
 
 Format = Literal["adapters", "merged"]
-MANIFEST = "manifest.json"
 MERGED = "open_clip_model.safetensors"
 ADAPTERS = "adapters.safetensors"
+CONFIG = "open_clip_config.json"
+MODE = 0o644
+__all__ = ["ADAPTERS", "CONFIG", "MANIFEST", "MERGED", "ExportError", "export", "load_merged",
+           "model_for", "sha256"]  # fmt: skip
+
+
+class ExportError(RuntimeError):
+    """The export cannot be written where asked; nothing was written."""
 
 
 def model_for(checkpoint: Checkpoint) -> ClipModel:
@@ -47,21 +57,35 @@ def export(
     blend: float | None = None,
     model: ClipModel | None = None,
 ) -> dict[str, Any]:
-    """Write the export into `out` (created; files already there are replaced); its manifest."""
+    """Write the export into `out` (created; it must be empty or absent); its manifest."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} is not an empty folder; export into a new one")
     model = model or model_for(checkpoint)
     model.load_trainable_state(checkpoint.weights)
     out.mkdir(parents=True, exist_ok=True)
     alpha = 1.0 if blend is None else float(blend)
     if fmt == "merged":
         save_file(_contiguous(_merged(model, alpha)), str(out / MERGED))
-        config = open_clip.get_model_config(model.cfg.arch)
-        (out / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+        (out / CONFIG).write_text(json.dumps(_hub_config(model), indent=2))
+        written = [MERGED, CONFIG]
     else:
         meta = {"arch": model.cfg.arch, "peft": model.cfg.peft.model_dump_json()}
         save_file(_contiguous(_adapters(model, alpha)), str(out / ADAPTERS), metadata=meta)
-    manifest = _manifest(checkpoint, model.cfg, fmt, alpha, out)
+        written = [ADAPTERS]
+    manifest = _manifest(checkpoint, model.cfg, fmt, alpha, out, written)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    for name in [*written, MANIFEST]:
+        (out / name).chmod(MODE)  # safetensors writes 0600
     return manifest
+
+
+def _hub_config(model: ClipModel) -> dict[str, Any]:
+    """open_clip's hub layout: what `local-dir:` and `hf-hub:` read (they need `model_cfg`)."""
+    return {
+        "model_cfg": open_clip.get_model_config(model.cfg.arch),
+        "preprocess_cfg": open_clip.get_model_preprocess_cfg(model.net),
+    }
 
 
 def _merged(model: ClipModel, alpha: float) -> dict[str, torch.Tensor]:
@@ -95,8 +119,9 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
-def _manifest(ckpt: Checkpoint, cfg: ModelConfig, fmt: Format, alpha: float, out: Path) -> dict:
-    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST)
+def _manifest(
+    ckpt: Checkpoint, cfg: ModelConfig, fmt: Format, alpha: float, out: Path, files: list[str]
+) -> dict:
     return {
         "format": fmt,
         "arch": cfg.arch,
@@ -108,19 +133,10 @@ def _manifest(ckpt: Checkpoint, cfg: ModelConfig, fmt: Format, alpha: float, out
         "offsets": ckpt.meta.get("offsets", {}),
         "quality": ckpt.meta.get("quality"),
         "config_hash": ckpt.meta.get("config_hash"),
-        "files": {name: sha256(out / name) for name in files},
+        "files": {name: sha256(out / name) for name in sorted(files)},
     }
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def load_merged(arch: str, path: Path, config_dirs: tuple[Path, ...] = ()) -> torch.nn.Module:
-    """What a serving stack does (open_clip alone), for tests and tools."""
-    register_model_configs(config_dirs)
-    return open_clip.create_model(arch, pretrained=str(path))
+def load_merged(folder: Path) -> torch.nn.Module:
+    """What a serving stack does (open_clip alone, no registered configs), for tests and tools."""
+    return open_clip.create_model(f"local-dir:{Path(folder).resolve()}")

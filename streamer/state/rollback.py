@@ -5,8 +5,14 @@ the newest checkpoint's ledger (offsets, counts, id digest, lineage) and step co
 So no record is trained twice or lost: the records consumed between the two count as seen
 but not learned (`meta.json` says how many). It is written as a new checkpoint (atomic, as
 every checkpoint), which the daemon restores on its next start, and recorded in its
-`meta.json` under `rollback` and in the log. Run it on a stopped daemon's directory; the
-daemon itself calls it at a step boundary for `publish.auto_rollback`.
+`meta.json` under `rollback` and in the log. The target is then kept past `checkpoint.keep`
+while a kept checkpoint names it (see checkpoint.py's pruning).
+
+Offline (`rollback_offline`, the CLI) it takes the directory's lock, so it refuses while a
+daemon runs on it: the daemon would go on from its own memory and its next checkpoint would
+silently supersede the rollback. `force` skips that check, for a lock held by a process
+known to be gone (its file system cannot release it); the daemon itself calls `rollback`
+at a step boundary for `publish.auto_rollback`, holding the lock already.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import structlog
 
 from streamer.config import CheckpointConfig
 from streamer.state.checkpoint import Checkpoint, Checkpointer, CheckpointError, load_latest, read
+from streamer.state.lock import DirectoryLock, DirectoryLocked
 
 log = structlog.get_logger(__name__)
 KEPT = ("steps", "samples")  # learner counters that keep counting across a rollback
@@ -52,6 +59,22 @@ def rollback(directory: Path, to: str, reason: str = "operator") -> str:
     log.warning("rolled back", checkpoint=written, to=named.id, replaced=newest.id,
                 reason=reason, unlearned=unlearned, offsets=newest.meta.get("offsets"))  # fmt: skip
     return written
+
+
+def rollback_offline(directory: Path, to: str, force: bool = False) -> str:
+    """`rollback` from outside the daemon: refused (RollbackError) while a daemon holds the
+    directory, unless `force`."""
+    lock = DirectoryLock(directory)
+    try:
+        lock.acquire()
+    except DirectoryLocked as exc:
+        if not force:
+            raise RollbackError(f"{exc}; stop it first (or roll back with --force)") from None
+        log.warning("rolling back despite the lock (--force)", holder=str(exc))
+    try:
+        return rollback(directory, to)
+    finally:
+        lock.release()
 
 
 def roll_back_live(

@@ -8,6 +8,8 @@ A version is written in full, manifest last, before `latest.json` is swapped to 
 swap is atomic (a rename on a local disk, one PUT on an object store, one entry in memory),
 so a reader sees the old pointer or the new one, and every file either names exists whole.
 A version number is never written twice: an existing version is an error, not an overwrite.
+Before the pointer moves, the uploaded version is read back and checked against its manifest
+(`streamer.state.verify`); one that does not match is removed and the publish fails.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from streamer.state.export import MANIFEST
+from streamer.state.verify import MANIFEST, VerifyError, verify_folder
 
 LATEST = "latest.json"
 VERSIONS = "versions"
@@ -71,13 +73,30 @@ class VersionStore:
             self.fs.makedirs(target, exist_ok=True)
             for path in [*files, local / MANIFEST]:  # the manifest last: it marks it complete
                 self.fs.put_file(str(path), f"{target}/{path.name}")
-            manifest = json.loads((local / MANIFEST).read_text())
+            manifest = self._verified(target, version)
             pointer = {"version": version, "path": f"{VERSIONS}/{version}",
                        "manifest": manifest, "published": time.time()}  # fmt: skip
             self._swap(json.dumps(pointer, indent=2, sort_keys=True).encode())
         except OSError as exc:
             raise StoreError(f"cannot publish {version} to {self.url}: {exc}") from exc
         return version
+
+    def _verified(self, target: str, version: str) -> dict[str, Any]:
+        """The uploaded version read back against its manifest; removed if it does not match."""
+        try:
+            return verify_folder(self.fs, target)
+        except VerifyError as exc:
+            self.fs.rm(target, recursive=True)  # never pointed at: a later try reuses the number
+            raise StoreError(f"uploaded {version} does not verify: {exc}") from exc
+
+    def verify(self, version: str | None = None) -> dict[str, Any]:
+        """Check a version (default: the one latest.json names) against its manifest."""
+        if version is None:
+            pointer = self.latest()
+            if pointer is None:
+                raise VerifyError(f"{self.url}: nothing published yet")
+            version = pointer["version"]
+        return verify_folder(self.fs, self._path(VERSIONS, version))
 
     def _swap(self, data: bytes) -> None:
         path = self._path(LATEST)
