@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -50,6 +51,23 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
         raise SystemExit(USAGE)
+
+
+def add_verb(
+    commands: argparse._SubParsersAction,
+    handler: Callable[[argparse.Namespace], int],
+    text: str,
+    config: bool | None = True,
+) -> argparse.ArgumentParser:
+    """The verb named after `handler` (check_config: check-config), its docstring as the
+    description; --config required (True), optional (False) or absent (None)."""
+    sub = commands.add_parser(
+        handler.__name__.replace("_", "-"), help=text, description=handler.__doc__
+    )
+    if config is not None:
+        add_config(sub, required=config)
+    sub.set_defaults(handler=handler)
+    return sub
 
 
 def add_config(parser: argparse.ArgumentParser, required: bool = True, what: str = "") -> None:

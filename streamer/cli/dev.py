@@ -8,23 +8,17 @@ import signal
 import time
 from pathlib import Path
 
-from streamer.cli.common import add_config, settings
+from streamer.cli.common import add_verb, settings
 
 
 def add_demo(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser(
-        "demo",
-        help="the daemon end to end on the embedded broker with real data",
-        description=demo.__doc__,
-    )
-    add_config(sub)
+    sub = add_verb(commands, demo, "the daemon end to end on the embedded broker with real data")
     sub.add_argument(
         "--out",
         type=Path,
         default=Path("demo-out"),
-        help="directory for the checkpoints, logs and summary (default: demo-out)",
+        help="directory for checkpoints, logs, summary (default: demo-out)",
     )
-    sub.set_defaults(handler=demo)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -35,13 +29,11 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def add_simulate(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser(
-        "simulate", help="learn from a dataset stream in-process", description=simulate.__doc__
-    )
-    add_config(sub)
+    sub = add_verb(commands, simulate, "learn from a dataset stream in-process")
     sub.add_argument("--out", type=Path, help="directory for summary.txt / summary.json")
-    sub.add_argument("--every", type=int, default=20, help="progress line every N steps")
-    sub.set_defaults(handler=simulate)
+    sub.add_argument(
+        "--every", type=int, default=20, metavar="N", help="progress line every N steps"
+    )
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -73,15 +65,11 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 def add_produce(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser(
-        "produce",
-        help="publish a dataset stream to the configured topic",
-        description=produce.__doc__,
+    sub = add_verb(commands, produce, "publish a dataset stream to the configured topic")
+    sub.add_argument(
+        "--rate", type=float, metavar="PER_S", help="records per second (default: all at once)"
     )
-    add_config(sub)
-    sub.add_argument("--rate", type=float, help="records per second (default: all at once)")
     sub.add_argument("--partitions", type=int, default=1, help="when creating the topic")
-    sub.set_defaults(handler=produce)
 
 
 def produce(args: argparse.Namespace) -> int:
@@ -97,15 +85,9 @@ def produce(args: argparse.Namespace) -> int:
 
 
 def add_pretrain(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser(
-        "pretrain",
-        help="train a base model offline on the config's dataset stream",
-        description=pretrain.__doc__,
-    )
-    add_config(sub)
+    sub = add_verb(commands, pretrain, "train a base model offline on the config's stream")
     sub.add_argument("--out", type=Path, required=True, help="directory to write into")
     sub.add_argument("--epochs", type=int, default=1, help="passes over the stream")
-    sub.set_defaults(handler=pretrain)
 
 
 def pretrain(args: argparse.Namespace) -> int:
@@ -121,13 +103,10 @@ def pretrain(args: argparse.Namespace) -> int:
 
 
 def add_broker(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser(
-        "broker", help="start the embedded Kafka-compatible broker", description=broker.__doc__
-    )
+    sub = add_verb(commands, broker, "start the embedded Kafka-compatible broker", config=None)
     sub.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
     sub.add_argument("--host", default="0.0.0.0", help="address to listen on")
     sub.add_argument("--advertise", default=None, help="host name clients connect to")
-    sub.set_defaults(handler=broker)
 
 
 def broker(args: argparse.Namespace) -> int:

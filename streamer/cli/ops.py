@@ -13,6 +13,7 @@ from streamer.cli.common import (
     REFUSED,
     UserError,
     add_config,
+    add_verb,
     load,
     overrides,
     settings,
@@ -20,11 +21,7 @@ from streamer.cli.common import (
 
 
 def add_run(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser(
-        "run", help="run the daemon: learn from the configured topic", description=run.__doc__
-    )
-    add_config(sub)
-    sub.set_defaults(handler=run)
+    add_verb(commands, run, "run the daemon: learn from the configured topic")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,14 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_check_config(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser(
-        "check-config",
-        help="validate a config and what it names; print it or its problems",
-        description=check_config.__doc__,
-    )
+    text = "validate a config and what it names; print it or its problems"
+    sub = add_verb(commands, check_config, text, config=False)
     sub.add_argument("path", nargs="?", type=Path, help="the config file (same as --config)")
-    add_config(sub, required=False)
-    sub.set_defaults(handler=check_config)
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -88,10 +80,11 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def add_explain(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser(
-        "explain",
-        help="diagnose a checkpoint: verdict, forgetting, alignment, blame",
-        description=explain.__doc__,
+    sub = add_verb(
+        commands,
+        explain,
+        "diagnose a checkpoint: verdict, forgetting, alignment, blame",
+        config=None,
     )
     sub.add_argument(
         "checkpoint",
@@ -101,7 +94,6 @@ def add_explain(commands: argparse._SubParsersAction) -> None:
     )
     add_config(sub, required=False, what="default: the config the checkpoint recorded")
     sub.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    sub.set_defaults(handler=explain)
 
 
 def explain(args: argparse.Namespace) -> int:
@@ -132,9 +124,7 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def add_export(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser(
-        "export", help="export a checkpoint: adapters or merged weights", description=export.__doc__
-    )
+    sub = add_verb(commands, export, "export a checkpoint: adapters or merged weights", None)
     sub.add_argument("--checkpoint", default="latest", help="a checkpoint id, or latest")
     sub.add_argument(
         "--format",
@@ -145,7 +135,6 @@ def add_export(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--blend", type=_unit, default=None, help="WiSE-FT: 0 = base, 1 = trained")
     sub.add_argument("--out", type=Path, required=True, help="directory to write into")
     _checkpoint_options(sub)
-    sub.set_defaults(handler=export)
 
 
 def export(args: argparse.Namespace) -> int:
@@ -173,12 +162,9 @@ def export(args: argparse.Namespace) -> int:
 
 
 def add_rollback(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser(
-        "rollback", help="make an earlier checkpoint's model current", description=rollback.__doc__
-    )
+    sub = add_verb(commands, rollback, "make an earlier checkpoint's model current", None)
     sub.add_argument("--to", required=True, help="the checkpoint id to roll back to")
     _checkpoint_options(sub)
-    sub.set_defaults(handler=rollback)
 
 
 def rollback(args: argparse.Namespace) -> int:
