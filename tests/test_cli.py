@@ -25,3 +25,15 @@ def test_simulate_runs_the_engine_on_real_digits(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "A_last" in out and "task-0" in out
     assert (tmp_path / "out" / "summary.json").exists()
+
+
+def test_every_option_of_every_verb_has_help_and_the_epilog_documents_exit_codes():
+    from streamer.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    bare = [f"{name} {a.dest}" for name, sub in commands.choices.items()
+            for a in sub._actions if not a.help]  # fmt: skip
+    assert bare == []
+    assert all(word in parser.epilog for word in ("exit codes", "STREAMER_CONFIG", "3  a file"))
+    assert "--config" in commands.choices["check-config"].format_help()

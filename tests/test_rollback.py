@@ -67,7 +67,7 @@ def test_rolling_back_to_a_missing_checkpoint_says_so_and_writes_nothing(tmp_pat
     _run(tmp_path, digit_stream[:48])
     directory = tmp_path / "ckpt"
     before = complete_checkpoints(directory)
-    assert main(["rollback", "--checkpoint-dir", str(directory), "--to", "ckpt-99999999"]) == 1
+    assert main(["rollback", "--checkpoint-dir", str(directory), "--to", "ckpt-99999999"]) == 3
     assert complete_checkpoints(directory) == before
 
 

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+import structlog
+
 from streamer.cli.common import (
     MISSING,
     REFUSED,
@@ -27,12 +29,15 @@ def add_run(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """The daemon: consume, learn, checkpoint, commit, until SIGTERM. Under torchrun, one
     rank of a job that learns one model (docs/scale-out.md)."""
+    from streamer.config.checks import unknown_environment
     from streamer.intake.manifest import ManifestError
     from streamer.learning.model import ModelLoadError
     from streamer.service.daemon import Daemon
     from streamer.service.reload import ConfigWatcher
 
     config = settings(args)
+    for problem in unknown_environment(os.environ):  # ignored by the config: say so once
+        structlog.get_logger(__name__).warning("environment variable ignored", problem=problem)
     watcher = ConfigWatcher(args.config, overrides(args.set))
     try:
         daemon = Daemon(config, watcher=watcher)
