@@ -11,11 +11,9 @@ from streamer.cli import main
 def test_bad_config_exits_2_naming_every_field(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("learner:\n  lr: -1\n  bogus: 3\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--config", str(path)])
-    assert exit_info.value.code == 2
+    assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "learner.lr" in err and "learner.bogus" in err
+    assert "learner.lr" in err and "learner.bogus" in err and len(err.splitlines()) == 1
 
 
 def test_simulate_runs_the_engine_on_real_digits(tmp_path, capsys):
@@ -42,8 +40,20 @@ def test_an_offline_start_without_its_weights_fails_with_one_line_naming_them(
              else {"arch": "RN50", "pretrained": "openai", "cache_dir": str(tmp_path)})  # fmt: skip
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"model": model, "metrics": {"port": 0}}))
-    assert main(["run", "--config", str(path)]) == 2
+    assert main(["run", "--config", str(path)]) == 3  # a file that is not there
     err = capsys.readouterr().err
-    assert err.startswith("cannot start: model.pretrained") and err.count("\n") == 1
+    assert "cannot start: model.pretrained" in err and err.count("\n") == 1
     assert (str(weights) if pretrained == "missing" else "HF_HUB_OFFLINE") in err
     assert "Air-gapped start" in err and "Traceback" not in err
+
+
+def test_every_option_of_every_verb_has_help_and_the_epilog_documents_exit_codes():
+    from streamer.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    bare = [f"{name} {a.dest}" for name, sub in commands.choices.items()
+            for a in sub._actions if not a.help]  # fmt: skip
+    assert bare == []
+    assert all(word in parser.epilog for word in ("exit codes", "STREAMER_CONFIG", "3  a file"))
+    assert "--config" in commands.choices["check-config"].format_help()

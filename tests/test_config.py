@@ -65,12 +65,12 @@ def test_check_config_masks_secrets_and_lists_every_problem(tmp_path, capsys):
     assert "hunter2" not in out and "sasl_password: '**********'" in out and "config hash" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("kafka:\n  sasl_password: [hunter2]\nlearner:\n  lr: -1\n  bogus: 1\n")
-    assert main(["check-config", str(bad)]) == 1
+    assert main(["check-config", str(bad)]) == 2
     out = capsys.readouterr().out
     assert "hunter2" not in out
     assert all(f in out for f in ("kafka.sasl_password", "learner.lr", "learner.bogus"))
     bad.write_text("learner: [unclosed\n")
-    assert main(["check-config", str(bad)]) == 1
+    assert main(["check-config", str(bad)]) == 2
 
 
 def _all_fields(model) -> list[tuple[str, object]]:

@@ -108,6 +108,7 @@ def test_the_top_level_shows_the_architecture():
     entries = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
     packages = [e for e in entries if (PACKAGE / e).is_dir()]
     assert set(packages) == {
+        "cli",
         "config",
         "dev",
         "intake",

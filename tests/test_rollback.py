@@ -71,7 +71,7 @@ def test_rolling_back_to_a_missing_checkpoint_says_so_and_writes_nothing(tmp_pat
     _run(tmp_path, digit_stream[:48])
     directory = tmp_path / "ckpt"
     before = complete_checkpoints(directory)
-    assert main(["rollback", "--checkpoint-dir", str(directory), "--to", "ckpt-99999999"]) == 1
+    assert main(["rollback", "--checkpoint-dir", str(directory), "--to", "ckpt-99999999"]) == 3
     assert complete_checkpoints(directory) == before
 
 
@@ -82,7 +82,7 @@ def test_export_command_writes_a_merged_file_and_manifest(tmp_path, digit_stream
     assert main([*args, "--format", "merged", "--blend", "0.5"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["blend"] == 0.5 and "open_clip_model.safetensors" in manifest["files"]
-    assert main([*args, "--format", "adapters"]) == 2  # the folder is not empty: refused
+    assert main([*args, "--format", "adapters"]) == 4  # the folder is not empty: refused
     assert json.loads((out / "manifest.json").read_text()) == manifest
     with pytest.raises(SystemExit):
         main([*args, "--blend", "2"])
@@ -144,7 +144,7 @@ def test_an_offline_rollback_refuses_while_the_daemon_runs_and_works_once_it_sto
 
     _run(tmp_path, digit_stream[:160], on_step=try_rollback, checkpoint={"keep": 50})
     code, err, target = tries[0]
-    assert code == 1 and "in use by a running daemon" in err and "--force" in err
+    assert code == 4 and "in use by a running daemon" in err and "--force" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not [m for m in _metas(directory) if m.get("rollback")]  # nothing written
     assert main(["rollback", "--checkpoint-dir", str(directory), "--to", target]) == 0
@@ -175,7 +175,7 @@ def test_the_lock_dies_with_a_killed_daemon_and_force_overrides_a_held_one(
         assert holder.stdout.readline().strip() == "held"
         assert is_locked(directory)
         back = ["rollback", "--checkpoint-dir", str(directory), "--to", first]
-        assert main(back) == 1 and f"pid {holder.pid}" in capsys.readouterr().err
+        assert main(back) == 4 and f"pid {holder.pid}" in capsys.readouterr().err
         assert main([*back, "--force"]) == 0  # the operator's call: see docs/operations.md
     finally:
         holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the flock

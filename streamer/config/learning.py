@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -9,6 +10,8 @@ from pydantic import Field, field_validator, model_validator
 
 from streamer.config.base import Section
 from streamer.config.strategies import RegularizerConfig
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 class PeftConfig(Section):
@@ -36,6 +39,14 @@ class ModelConfig(Section):
     )
     cache_dir: Path | None = Field(None, description="Download cache for pretrained tags.")
     peft: PeftConfig = Field(PeftConfig(), description="Which parameters learn, and how.")
+
+    @property
+    def weights_file(self) -> Path | None:
+        """`pretrained` when it names a local weights file rather than an open_clip tag."""
+        name = self.pretrained
+        if name and (os.sep in name or name.endswith(WEIGHT_SUFFIXES) or Path(name).exists()):
+            return Path(name)
+        return None
 
 
 class ReplayConfig(Section):

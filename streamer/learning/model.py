@@ -30,7 +30,6 @@ from streamer.learning.precision import keep_frozen_in
 
 BUILTIN_CONFIGS = Path(__file__).parent / "model_configs"  # in the wheel
 REPO_CONFIGS = Path(__file__).parents[2] / "configs" / "models"  # in a source checkout
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 class ModelLoadError(RuntimeError):
@@ -41,10 +40,6 @@ def register_model_configs(extra: Sequence[Path] = ()) -> None:
     for directory in (BUILTIN_CONFIGS, REPO_CONFIGS, *extra):
         if directory.is_dir() and Path(directory) not in open_clip.factory._MODEL_CONFIG_PATHS:
             open_clip.add_model_config(directory)
-
-
-def is_weights_path(pretrained: str) -> bool:
-    return os.sep in pretrained or pretrained.endswith(WEIGHT_SUFFIXES) or Path(pretrained).exists()
 
 
 def _check_weights_file(path: Path) -> None:
@@ -63,8 +58,8 @@ def _create(cfg: ModelConfig) -> tuple[nn.Module, object]:
     if cfg.arch not in open_clip.list_models():
         raise ModelLoadError(f"model.arch: unknown architecture {cfg.arch!r}")
     pretrained = cfg.pretrained or None
-    if pretrained and is_weights_path(pretrained):
-        _check_weights_file(Path(pretrained))
+    if cfg.weights_file is not None:
+        _check_weights_file(cfg.weights_file)
     elif pretrained:
         pretrained = _resolve_tag(cfg.arch, pretrained, cfg.cache_dir)
     try:

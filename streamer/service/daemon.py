@@ -10,11 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from prometheus_client import CollectorRegistry
 
 from streamer.config import Settings, config_hash
+from streamer.config.checks import anchored
 from streamer.evaluation import quality
 from streamer.intake.manifest import ManifestError
 from streamer.intake.sink import DeadLetterError, DeadLetterSink, KafkaDeadLetters
@@ -207,7 +209,8 @@ class Daemon:
                 self.engine.evaluator, learner.steps, learner.skipped_nonfinite
             ),
             "config_hash": config_hash(self.settings),
-            "config": self.settings.model_dump(mode="json"),
+            # Paths absolute: `streamer explain` or `export` may read it from anywhere.
+            "config": anchored(self.settings, Path.cwd()).model_dump(mode="json"),
         }  # secrets masked
         ckpt_id = self.persistence.save_and_commit(self.source, meta, extra)
         structlog.contextvars.bind_contextvars(checkpoint=ckpt_id)

@@ -4,8 +4,11 @@ own probes, with no broker needed."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streamer.config import Settings
 from streamer.evaluation.alignment import BlockShift, Diagnosis
@@ -15,6 +18,7 @@ from streamer.state.checkpoint import complete_checkpoints, read
 from streamer.state.snapshot import split
 
 TOP_CLASSES = 5  # classes named in the summary's diagnosis line (summary.json has them all)
+FORGETTING_HIGH = 0.3  # as the StreamerForgettingHigh alert (deploy/prometheus/rules.yml)
 
 
 def pct(value: float) -> str:
@@ -118,16 +122,90 @@ def block_lines(blocks: tuple[BlockShift, ...], top: int = 6) -> list[str]:
     return lines
 
 
-def explain(path: Path, settings: Settings | None = None) -> str:
+class NoCheckpoint(FileNotFoundError):
+    """The path holds no checkpoint, nor a directory of them."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A checkpoint evaluated on its own probes: what `explain` prints, as text or JSON."""
+
+    checkpoint: str
+    step: int | None
+    samples: int
+    settings: Settings
+    matrix: AccuracyMatrix
+    report: EvalReport
+
+
+def verdict(report: EvalReport) -> str:
+    """One line: aligned or not (with the blamed tower), forgetting high or low."""
+    d = report.diagnosis
+    if d is None:
+        alignment = "alignment not measured"
+    elif report.misaligned:
+        alignment = f"MISALIGNED (blame: {_tower(d.blame)})"
+    elif d.alarm:
+        alignment = f"over the misalignment threshold, not yet held (blame: {_tower(d.blame)})"
+    else:
+        alignment = "aligned"
+    forgetting = report.average_forgetting
+    if math.isnan(forgetting):
+        return f"{alignment}; forgetting not measured"
+    level = "high" if forgetting > FORGETTING_HIGH else "low"
+    return f"{alignment}; forgetting {level} ({100 * forgetting:.0f}%)"
+
+
+def _tower(blame: str) -> str:
+    return {"image": "image tower", "text": "text tower", "both": "both towers"}.get(blame, blame)
+
+
+def as_text(e: Explanation) -> str:
+    head = (f"{e.checkpoint}: step {e.step}, {e.samples} samples trained, model "
+            f"{e.settings.model.arch} ({e.settings.model.peft.mode})")  # fmt: skip
+    lines = [verdict(e.report), head, "", summary_table(e.matrix, e.report)]
+    if e.report.diagnosis is not None:
+        lines += ["", "all classes, largest deficit first:"]
+        lines += [f"  {c.text!r}: deficit {c.deficit:.2f} (images alone {100 * c.separable:.0f}%, "
+                  f"cross-modal {100 * c.accuracy:.0f}%; back to base: image "
+                  f"{100 * c.image_recovery:+.0f}, text {100 * c.text_recovery:+.0f})"
+                  for c in e.report.diagnosis.by_class]  # fmt: skip
+    return "\n".join(lines)
+
+
+def as_json(e: Explanation) -> dict[str, Any]:
+    """The same figures for tools; an unmeasured figure (NaN) is null."""
+    rows = {"step 0": e.matrix.base, **e.matrix.rows, "final": e.matrix.latest}
+    return _finite({
+        "checkpoint": e.checkpoint, "step": e.step, "samples": e.samples,
+        "model": {"arch": e.settings.model.arch, "peft": e.settings.model.peft.mode},
+        "verdict": verdict(e.report), "misaligned": e.report.misaligned,
+        "matrix": {name: {w: c.accuracy for w, c in row.items() if e.matrix.measured(c)}
+                   for name, row in rows.items()},
+        "report": dataclasses.asdict(e.report),
+    })  # fmt: skip
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def explain(path: Path, settings: Settings | None = None) -> Explanation:
     """The diagnosis of a checkpoint (a ckpt-N directory, or a checkpoint directory: its
     newest), evaluated on the probes it holds, with the per-block attribution."""
     from streamer.service.pipeline import build_engine  # the model: only when explaining
 
     path = Path(path)
     if not (path / "meta.json").exists():
-        found = complete_checkpoints(path)
+        found = complete_checkpoints(path) if path.is_dir() else []
         if not found:
-            raise FileNotFoundError(f"{path}: no checkpoint here")
+            raise NoCheckpoint(f"{path}: no checkpoint here")
         path = found[-1]
     checkpoint = read(path)
     if settings is None:
@@ -143,14 +221,5 @@ def explain(path: Path, settings: Settings | None = None) -> str:
     engine.load_state_dict({"learner": learner, "replay": shard["replay"],
                             "evaluator": shard["evaluator"]})  # fmt: skip
     report = engine.evaluator.evaluate(engine.learner.labels)
-    head = (f"{checkpoint.id}: step {checkpoint.meta.get('step')}, "
-            f"{engine.evaluator.samples} samples trained, model {settings.model.arch} "
-            f"({settings.model.peft.mode})")  # fmt: skip
-    lines = [head, "", summary_table(engine.evaluator.matrix, report)]
-    if report.diagnosis is not None:
-        lines += ["", "all classes, largest deficit first:"]
-        lines += [f"  {c.text!r}: deficit {c.deficit:.2f} (images alone {100 * c.separable:.0f}%, "
-                  f"cross-modal {100 * c.accuracy:.0f}%; back to base: image "
-                  f"{100 * c.image_recovery:+.0f}, text {100 * c.text_recovery:+.0f})"
-                  for c in report.diagnosis.by_class]  # fmt: skip
-    return "\n".join(lines)
+    return Explanation(checkpoint.id, checkpoint.meta.get("step"), engine.evaluator.samples,
+                       settings, engine.evaluator.matrix, report)  # fmt: skip
