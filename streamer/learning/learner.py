@@ -56,12 +56,9 @@ class Learner:
         self._clock = clock
         self._model_seconds = 0.0  # this step's time in the model's own work
         self._batches = UpdateBatches(model)  # fresh rows once a step, replayed per update
-        mode = {"auto": "on" if model.device.type == "cuda" else "off"}.get(
-            cfg.compile, cfg.compile
-        )
-        if mode != "off":
-            model.compile("reduce-overhead" if mode == "reduce-overhead" else None)
         on_cuda = model.device.type == "cuda"
+        if cfg.compile in ("on", "reduce-overhead") or (cfg.compile == "auto" and on_cuda):
+            model.compile("reduce-overhead" if cfg.compile == "reduce-overhead" else None)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
         if self.bf16:
             model.store_frozen(torch.bfloat16)  # no cast of the frozen weights per forward
