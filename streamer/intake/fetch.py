@@ -71,10 +71,12 @@ class Fetcher:
     def _http(self, url: SplitResult, deadline: float) -> bytes:
         for _ in range(REDIRECTS + 1):
             conn = self._connection(url, deadline)
-            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, [conn])
+            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort)
             watchdog.daemon = True
-            watchdog.start()
             try:
+                conn.connect()  # bounded by the connection's timeout
+                watchdog.args = [conn.sock]  # the response keeps it after conn lets go
+                watchdog.start()
                 location = self._get(conn, url, deadline)
             except DecodeError:
                 raise
@@ -209,12 +211,10 @@ def _matches(origin: SplitResult, url: SplitResult) -> bool:
     return (origin.port or default) == (url.port or default)
 
 
-def _abort(conn: http.client.HTTPConnection) -> None:
+def _abort(sock: socket.socket) -> None:
     """At the deadline: unblock whatever the fetching thread waits on."""
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _past(cfg: RecordConfig) -> str:
