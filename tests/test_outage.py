@@ -3,9 +3,14 @@ past them; errors that mean the data cannot be read are not mistaken for one."""
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 from kafka import errors
 from prometheus_client import CollectorRegistry
 
+from streamer.config import KafkaConfig
+from streamer.intake.kafka_source import KafkaSource
 from streamer.intake.outage import Outage, is_connectivity
 from streamer.intake.sink import MemoryDeadLetters
 from streamer.intake.source import MemorySource, SourceStats
@@ -91,3 +96,61 @@ def test_dead_letters_held_for_an_unreachable_broker_postpone_checkpoints_not_th
     assert run.code == 0 and run.error is None
     assert [(r.offset, why) for r, why, _ in dead.durable] == [(3, "not_json")]
     assert source.commits[0][0] == {(TOPIC, 0): len(records)}  # after the dead letter only
+
+
+class FlakyConsumer:
+    """A consumer whose polls raise `errors` in turn, then return nothing, connected."""
+
+    def __init__(self, source: KafkaSource, errors: list[Exception]) -> None:
+        self.source, self.errors, self.seen_away = source, errors, []
+        broker = SimpleNamespace(node_id=1)
+        self._client = SimpleNamespace(cluster=SimpleNamespace(brokers=lambda: [broker]),
+                                       connected=lambda node: True)  # fmt: skip
+
+    def poll(self, **_: object) -> dict:
+        self.seen_away.append(self.source.stats().disconnected_since is not None)
+        if self.errors:
+            raise self.errors.pop(0)
+        return {}
+
+    def assignment(self) -> set:
+        return set()
+
+    def paused(self) -> set:
+        return set()
+
+
+def _polling(errors: list[Exception]) -> tuple[KafkaSource, FlakyConsumer]:
+    cfg = KafkaConfig(topic="pairs", poll_error_budget_seconds=0.05)
+    source = KafkaSource(cfg, decode=lambda raw: None, backoff=(0.01, 0.02))
+    consumer = FlakyConsumer(source, errors)
+    source._connect = lambda: consumer  # the poll loop, without a broker
+    source._threads[0].start()
+    return source, consumer
+
+
+def test_connection_errors_for_longer_than_the_poll_budget_are_waited_out():
+    source, consumer = _polling([errors.KafkaConnectionError("refused")] * 20)  # >= 0.2 s
+    try:
+        _wait(lambda: not consumer.errors and consumer.seen_away[-1] is False)
+        assert source.failure() is None
+        assert any(consumer.seen_away)  # disconnected while they lasted, then connected
+    finally:
+        source.close()
+
+
+def test_any_other_poll_error_repeating_past_the_budget_still_fails_naming_it():
+    source, _ = _polling([errors.TopicAuthorizationFailedError("pairs")] * 10_000)
+    try:
+        _wait(lambda: source.failure() is not None)
+        assert "polling has failed" in source.failure()
+        assert "TopicAuthorizationFailedError" in source.failure()
+    finally:
+        source.close()
+
+
+def _wait(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
