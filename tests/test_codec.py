@@ -53,7 +53,7 @@ def test_image_uri_is_read_under_the_root_only(tmp_path):
         (f"file://{outside}", "uri_outside_root"),
         (f"file://{tmp_path}/../y.png", "uri_outside_root"),
         ("http://example.com/x.png", "uri_scheme"),
-        (f"file://{tmp_path}/missing.png", "uri_unreadable"),
+        (f"file://{tmp_path}/missing.png", "uri_not_found"),
     ]:
         with pytest.raises(DecodeError) as error:
             parse(_json(text="t", image_uri=uri), "json", cfg)

@@ -3,9 +3,11 @@ the harness's dataset stream."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, FilePath, SecretStr, model_validator
 
@@ -85,8 +87,9 @@ class KafkaConfig(Section):
     poll_error_budget_seconds: float = Field(
         120.0,
         gt=0,
-        description="A poll error repeating without a successful poll for this long fails "
-        "the daemon (health reports it at once), naming the cause: it never loops quietly.",
+        description="A poll error that is not about connectivity (authorization, a deleted "
+        "topic) repeating for this long fails the daemon, naming the cause. A broker that "
+        "cannot be reached is waited for however long it takes (not ready, still live).",
     )
 
     @property
@@ -115,6 +118,58 @@ class KafkaConfig(Section):
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]+$")  # Kafka's rule for group.instance.id
 
 
+REMOTE_SCHEMES = {"https": None, "http": None, "s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
+                  "memory": None}  # fmt: skip  # scheme: the fsspec back-end it needs
+
+
+class FetchConfig(Section):
+    """Images by reference: which remote `image_uri` origins are read, and within what."""
+
+    allow: tuple[str, ...] = Field(
+        (),
+        description="Origins an image_uri may name besides file:// under image_root, as "
+        "scheme://host[:port]: https://images.example.com, s3://bucket, gs://bucket "
+        "(memory:// for tests); a host *.example.com allows its subdomains, * any host. "
+        "http:// only when listed (plain text). Empty: nothing remote is read.",
+    )
+    timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A whole fetch (connect, wait, read) past this is given up and its "
+        "record dead-lettered (uri_timeout): a slow store never stalls a partition.",
+    )
+    max_concurrent: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Fetches in flight at once over all decode threads (each also holds a "
+        "decode thread while it waits: raise decode_workers for a slow store).",
+    )
+    content_types: tuple[str, ...] = Field(
+        ("image/jpeg", "image/png", "image/webp"),
+        min_length=1,
+        description="Content-Type values accepted from http(s) (parameters ignored); others "
+        "are refused (uri_content_type). Size is bounded by max_image_bytes.",
+    )
+
+    @model_validator(mode="after")
+    def _origins_are_scheme_and_host(self) -> FetchConfig:
+        for entry in self.allow:
+            origin = urlsplit(entry)
+            if origin.scheme not in REMOTE_SCHEMES:
+                raise ValueError(
+                    f"allow: {entry!r}: scheme must be one of {sorted(REMOTE_SCHEMES)}"
+                )
+            if not origin.hostname or origin.path not in ("", "/") or origin.query or "@" in entry:
+                raise ValueError(f"allow: {entry!r}: give scheme://host[:port] only")
+            needs = REMOTE_SCHEMES[origin.scheme]
+            if needs is not None and importlib.util.find_spec(needs) is None:
+                extra = {"s3fs": "s3", "gcsfs": "gcs"}[needs]
+                raise ValueError(f"allow: {entry!r} needs the {needs} package "
+                                 f"(pip install 'streamer[{extra}]')")  # fmt: skip
+        return self
+
+
 class RecordConfig(Section):
     max_record_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest record value.")
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest encoded image.")
@@ -132,6 +187,7 @@ class RecordConfig(Section):
     image_root: Path | None = Field(
         None, description="Directory that file:// image_uri values must lie under (else refused)."
     )
+    fetch: FetchConfig = Field(FetchConfig(), description="Images by reference (remote image_uri).")
     decode_workers: int | None = Field(
         None,
         ge=1,

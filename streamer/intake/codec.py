@@ -1,7 +1,8 @@
 """Record values to Samples: the `json` and `raw` codecs, validated; failures carry a reason.
 
 json: UTF-8 JSON object with `text` and exactly one of `image` (base64 JPEG/PNG/WebP) or
-`image_uri` (file:// under the configured root); optional `id`, `label`, `task`, `ts`.
+`image_uri` (file:// under records.image_root, or an origin on records.fetch.allow: see
+fetch.py); optional `id`, `label`, `task`, `ts`.
 raw: the value is the image bytes; `text`, `label`, `task`, `id`, `ts` are headers.
 
 Every field is checked here, so nothing downstream (windows, metrics, logs, the replay
@@ -14,20 +15,24 @@ import base64
 import binascii
 import json
 import math
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streamer.config import RecordConfig
+from streamer.intake.fetch import read_file
 from streamer.records import DecodeError, RawRecord, Sample
+
+Fetch = Callable[[str], bytes]  # an image_uri -> its bytes, or DecodeError
 
 # Every reason a record can be refused for (a fixed vocabulary: it labels a metric).
 REASONS = (
     "empty_value", "record_too_large", "not_json", "json_too_deep", "not_json_object",
     "missing_field", "invalid_field", "image_choice", "bad_base64", "uri_scheme",
-    "uri_outside_root", "uri_unreadable", "empty_text", "text_too_long",
+    "uri_outside_root", "uri_unreadable", "uri_host_not_allowed", "uri_not_found",
+    "uri_timeout", "uri_content_type", "empty_text", "text_too_long",
     "event_time_out_of_range", "empty_image", "image_too_large", "too_many_pixels",
     "extreme_aspect_ratio", "not_an_image", "corrupt_image", "unreadable_record",
     "internal_error",
@@ -47,13 +52,15 @@ class JsonRecord(BaseModel):
     ts: float | None = None  # NaN and inf pass here; event_time refuses them
 
 
-def parse(raw: RawRecord, codec: str, cfg: RecordConfig) -> Sample:
-    """Validate a record's envelope; the image stays encoded (decoded later, with limits)."""
+def parse(raw: RawRecord, codec: str, cfg: RecordConfig, fetch: Fetch | None = None) -> Sample:
+    """Validate a record's envelope; the image stays encoded (decoded later, with limits).
+    `fetch` reads an image_uri (default: file:// under records.image_root only)."""
     if not raw.value:
         raise DecodeError("empty_value")
     if len(raw.value) > cfg.max_record_bytes:
         raise DecodeError("record_too_large", f"{len(raw.value)} > {cfg.max_record_bytes}")
-    fields = _json_fields(raw, cfg) if codec == "json" else _raw_fields(raw)
+    fetch = fetch or (lambda uri: read_file(urlsplit(uri), cfg))
+    fields = _json_fields(raw, fetch) if codec == "json" else _raw_fields(raw)
     for name in ("text", "id", "label", "task"):
         _check_utf8(name, fields.get(name))
     text = fields["text"].strip()
@@ -99,7 +106,7 @@ def _check_utf8(name: str, value: str | None) -> None:
         raise DecodeError("invalid_field", f"{name}: not valid UTF-8 text") from exc
 
 
-def _json_fields(raw: RawRecord, cfg: RecordConfig) -> dict[str, Any]:
+def _json_fields(raw: RawRecord, fetch: Fetch) -> dict[str, Any]:
     data = _load_json(raw.value)
     if not isinstance(data, dict):
         raise DecodeError("not_json_object", type(data).__name__)
@@ -112,7 +119,7 @@ def _json_fields(raw: RawRecord, cfg: RecordConfig) -> dict[str, Any]:
         raise DecodeError(reason, f"{where}: {first['msg']}"[:200]) from exc
     if (record.image is None) == (record.image_uri is None):
         raise DecodeError("image_choice", "exactly one of image or image_uri is required")
-    image = _base64(record.image) if record.image is not None else _read_uri(record, cfg)
+    image = _base64(record.image) if record.image is not None else fetch(record.image_uri or "")
     return {**record.model_dump(exclude={"image", "image_uri"}), "image": image}
 
 
@@ -130,28 +137,6 @@ def _base64(value: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise DecodeError("bad_base64", str(exc)[:200]) from exc
-
-
-def _read_uri(record: JsonRecord, cfg: RecordConfig) -> bytes:
-    uri = urlparse(record.image_uri or "")
-    if uri.scheme != "file" or uri.netloc not in ("", "localhost"):
-        raise DecodeError("uri_scheme", "only file:// image_uri values are accepted")
-    if cfg.image_root is None:
-        raise DecodeError("uri_outside_root", "no records.image_root is configured")
-    root = cfg.image_root.resolve()
-    try:
-        path = Path(unquote(uri.path)).resolve()  # resolves .. and symlinks before the check
-    except (OSError, ValueError) as exc:  # NUL bytes, symlink loops
-        raise DecodeError("uri_unreadable", str(exc)[:200]) from exc
-    if not path.is_relative_to(root):
-        raise DecodeError("uri_outside_root", f"{path} is not under {root}"[:200])
-    try:
-        size = path.stat().st_size
-        if size > cfg.max_image_bytes:
-            raise DecodeError("image_too_large", f"{size} > {cfg.max_image_bytes}")
-        return path.read_bytes()
-    except OSError as exc:
-        raise DecodeError("uri_unreadable", str(exc)[:200]) from exc
 
 
 def _raw_fields(raw: RawRecord) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from streamer.config import RecordConfig
 from streamer.intake import codec
+from streamer.intake.fetch import Fetcher
 from streamer.records import DecodeError, Pair, RawRecord, Sample
 
 Preprocess = Callable[[Image.Image], torch.Tensor]  # PIL image -> pixels [3, H, W]
@@ -42,11 +43,12 @@ class Decoder:
         self._preprocess = preprocess
         self._tokenize = tokenize
         self._template = prompt_template
+        self._fetch = Fetcher(cfg)  # image_uri: file:// under image_root, allowed origins
 
     def decode(self, raw: RawRecord) -> Pair:
         """Raw record -> Pair, or DecodeError with a reason from codec.REASONS."""
         try:
-            sample = codec.parse(raw, self.codec, self.cfg)
+            sample = codec.parse(raw, self.codec, self.cfg, self._fetch)
             if self._tokenize is not None:  # the training thread tokenizes it again later
                 self._tokenize([sample.prompt(self._template)])
             return self.pair(sample)

@@ -6,7 +6,7 @@ partition however the workers finish. The training thread takes decoded items fr
 queue. Polling goes on while steps run (paused when the queue is full), so a long step never
 gets this member evicted. Rebalances are handed to the training thread, which checkpoints and
 commits before partitions are given up (see Daemon). A thread that dies, or polling that keeps
-failing, fails the source (SourceFailed from `get`, `failure()` for health).
+failing, fails the source (SourceFailed from `get`, `failure()` for health); an outage does not.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
 import structlog
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaConfigurationError, KafkaError, UnsupportedCodecError
+from kafka.errors import KafkaError
 
 from streamer.config import KafkaConfig
 from streamer.intake.kafka_group import (
@@ -31,6 +31,7 @@ from streamer.intake.kafka_group import (
     highwater_marks,
     position,
 )
+from streamer.intake.outage import PERMANENT, Outage, broker_connected, is_connectivity
 from streamer.intake.source import (
     Decode,
     Item,
@@ -43,7 +44,6 @@ from streamer.intake.source import (
 from streamer.records import DecodeError, Partition, RawRecord
 
 log = structlog.get_logger(__name__)
-PERMANENT = (UnsupportedCodecError, KafkaConfigurationError)  # retrying never helps
 
 
 class KafkaSource:
@@ -59,6 +59,7 @@ class KafkaSource:
         self._owns = owns  # a fixed share of partitions (assign), else the group decides
         self._decode = decode
         self._backoff = backoff
+        self._outage = Outage(backoff)
         self._resume: Resume = lambda _p, _g: None
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode-worker")
         self._raw: queue.Queue[tuple[Future[Item], int] | None] = queue.Queue()  # fetch order
@@ -128,7 +129,7 @@ class KafkaSource:
         return SourceStats(
             frozenset(self.assigned), dict(self._highwater),
             self._raw.qsize() + self._ready.qsize(), self._paused, self._last_poll,
-            self.rebalances, self.rebalances > 0,
+            self.rebalances, self.rebalances > 0, self._outage.since,
         )  # fmt: skip
 
     def close(self) -> None:
@@ -168,25 +169,28 @@ class KafkaSource:
             try:
                 batches = consumer.poll(timeout_ms=100, max_records=500)
             except Exception as exc:
-                failing_since = failing_since or time.monotonic()
-                self._poll_failed(consumer, exc, time.monotonic() - failing_since)
+                failing_since = None if is_connectivity(exc) else failing_since or time.monotonic()
+                self._poll_failed(consumer, exc, failing_since)
                 continue
             failing_since = None
+            self._outage.observe(broker_connected(consumer))  # poll returns {} while away
             self._last_poll = time.time()
             self._highwater = highwater_marks(consumer)
             for tp, records in batches.items():
                 self._enqueue(tp, records)
         self._raw.put(None)
 
-    def _poll_failed(self, consumer: KafkaConsumer, exc: Exception, seconds: float) -> None:
-        """Permanent errors fail at once; a record kafka-python cannot parse is skipped;
-        anything else is retried until it has lasted `poll_error_budget_seconds`."""
+    def _poll_failed(self, consumer: KafkaConsumer, exc: Exception, since: float | None) -> None:
+        """An outage is waited out (since None); permanent errors fail at once; a record the
+        client cannot parse is skipped; others fail once `poll_error_budget_seconds` passed."""
         cause = f"{type(exc).__name__}: {exc}"[:300]
-        if isinstance(exc, PERMANENT):
+        if since is None:  # connectivity: not a failure of this daemon
+            self._outage.wait_out(cause, self._stop)
+        elif isinstance(exc, PERMANENT):
             self.fail(f"cannot consume {self.cfg.topic}: {cause}")
         elif not isinstance(exc, KafkaError) and self._skip_unreadable(consumer, exc):
             return
-        elif seconds > self.cfg.poll_error_budget_seconds:
+        elif (seconds := time.monotonic() - since) > self.cfg.poll_error_budget_seconds:
             self.fail(f"polling has failed for {seconds:.0f} s: {cause}")
         else:
             log.warning("poll failed; retrying", error=cause, failing_for=round(seconds, 1))
@@ -223,7 +227,6 @@ class KafkaSource:
 
     def _connect(self) -> KafkaConsumer | None:
         """Create the consumer, retrying with backoff while the broker is unreachable."""
-        delay = self._backoff[0]
         while not self._stop.is_set():
             try:
                 consumer = KafkaConsumer(**consumer_options(self.cfg))
@@ -231,9 +234,7 @@ class KafkaSource:
                 self.fail(f"kafka settings refused: {exc}")
                 return None
             except KafkaError as exc:
-                log.warning("broker unreachable; retrying", error=str(exc), retry_in=delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._backoff[1])
+                self._outage.wait_out(str(exc), self._stop)
                 continue
             if self._owns is None:
                 consumer.subscribe([self.cfg.topic], listener=Listener(self, consumer))

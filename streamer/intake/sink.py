@@ -2,14 +2,14 @@
 
 A dead letter is the record unchanged, with headers saying where it came from and why it
 was refused. `flush` returns only once every dead letter is acknowledged; offsets past a
-record are committed only after its dead letter is durable.
+record are committed only after its dead letter is durable. While the broker is away,
+dead letters are held and `flush` says so (DeadLettersPending) instead of failing.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from kafka import KafkaProducer
@@ -17,13 +17,19 @@ from kafka.errors import KafkaError
 
 from streamer.config import KafkaConfig
 from streamer.intake.kafka_group import client_options
+from streamer.intake.outage import is_connectivity
 from streamer.records import RawRecord
 
 log = structlog.get_logger(__name__)
 
 
 class DeadLetterError(RuntimeError):
-    """Dead letters could not be made durable: offsets past them must not be committed."""
+    """The broker refused dead letters: offsets past them must not be committed (fatal)."""
+
+
+class DeadLettersPending(RuntimeError):
+    """Dead letters wait for a broker that cannot be reached: no checkpoint (and no commit)
+    until they are durable; not fatal, the caller retries later."""
 
 
 class DeadLetterSink(Protocol):
@@ -45,45 +51,90 @@ def headers(raw: RawRecord, reason: str, detail: str) -> list[tuple[str, bytes]]
     ]
 
 
-class KafkaDeadLetters:
-    """Produces refused records to `<topic>.dlq` (or `kafka.dlq_topic`), acks=all."""
+@dataclass(eq=False)
+class _Letter:
+    raw: RawRecord
+    reason: str
+    detail: str
+    future: Any = None  # kafka-python's FutureRecordMetadata once handed to the producer
 
-    def __init__(self, cfg: KafkaConfig, attempts: int = 5) -> None:
+
+class KafkaDeadLetters:
+    """Produces refused records to `<topic>.dlq` (or `kafka.dlq_topic`), acks=all.
+
+    Held while the broker cannot be reached: `send` never blocks long (a producer is made
+    in `flush` only), and `flush` gives up after `timeout` seconds with DeadLettersPending,
+    keeping every letter to send again; only a refusal by the broker is fatal."""
+
+    def __init__(self, cfg: KafkaConfig, timeout: float = 5.0) -> None:
         self.topic = cfg.dead_letter_topic
         self._cfg = cfg
-        self._attempts = attempts
+        self._timeout = timeout
         self._producer: KafkaProducer | None = None
-        self._pending: list[tuple[RawRecord, str, str, object]] = []
+        self._pending: list[_Letter] = []  # not yet acknowledged
         self.sent = 0
 
     def send(self, raw: RawRecord, reason: str, detail: str) -> None:
-        self._pending.append((raw, reason, detail, self._send(raw, reason, detail)))
+        letter = _Letter(raw, reason, detail)
+        self._pending.append(letter)
+        if self._producer is not None:
+            self._produce(letter)
 
-    def _send(self, raw: RawRecord, reason: str, detail: str):
-        if self._producer is None:
-            self._producer = KafkaProducer(**client_options(self._cfg), acks="all", linger_ms=20)
+    def _produce(self, letter: _Letter) -> None:
+        raw = letter.raw
         # A record with neither key nor value (a tombstone without key, or one the client
         # could not parse) goes as an empty value: the producer refuses None for both.
         value = raw.value if raw.value is not None or raw.key is not None else b""
-        return self._producer.send(self.topic, value=value, key=raw.key,
-                                   headers=headers(raw, reason, detail))  # fmt: skip
+        try:
+            letter.future = self._producer.send(
+                self.topic, value=value, key=raw.key,
+                headers=headers(raw, letter.reason, letter.detail))  # fmt: skip
+        except KafkaError as exc:  # no metadata for the topic within max_block_ms
+            if not is_connectivity(exc):
+                raise DeadLetterError(f"dead letter refused: {exc}") from exc
+            letter.future = None
 
     def flush(self) -> None:
-        """Block until every dead letter is acknowledged, re-sending failures a few times."""
-        for attempt in range(self._attempts):
-            if not self._pending:
-                return
+        """Return once every dead letter is acknowledged; DeadLettersPending while the broker
+        cannot be reached (the letters are kept), DeadLetterError when it refuses them."""
+        if not self._pending:
+            return
+        again = [p for p in self._pending if p.future is None or p.future.failed()]
+        for letter in again:  # never sent, or given up by the producer (delivery timeout)
+            self._check(letter)
+        if again and self._ensure_producer():
+            for letter in again:
+                self._produce(letter)
+        if self._producer is not None:
             try:
-                self._producer.flush(timeout=30)
+                self._producer.flush(timeout=self._timeout)
             except KafkaError as exc:
-                log.warning("dead-letter flush failed", error=str(exc), attempt=attempt)
-            failed = [p for p in self._pending if not p[3].succeeded()]
-            self.sent += len(self._pending) - len(failed)
-            self._pending = [(r, why, d, self._send(r, why, d)) for r, why, d, _ in failed]
-            if failed:
-                time.sleep(min(2**attempt, 30))
+                log.warning("dead-letter flush incomplete", error=str(exc))
+        for letter in self._pending:
+            self._check(letter)
+        held = [p for p in self._pending if p.future is None or not p.future.succeeded()]
+        self.sent += len(self._pending) - len(held)
+        self._pending = held
         if self._pending:
-            raise DeadLetterError(f"{len(self._pending)} dead letters not acknowledged")
+            raise DeadLettersPending(f"{len(self._pending)} dead letters wait for the broker")
+
+    def _check(self, letter: _Letter) -> None:
+        error = letter.future.exception if letter.future is not None else None
+        if error is not None and not is_connectivity(error):
+            raise DeadLetterError(f"the broker refused a dead letter: {error}")
+
+    def _ensure_producer(self) -> bool:
+        if self._producer is None:
+            wait_ms = int(self._timeout * 1000)
+            try:
+                self._producer = KafkaProducer(
+                    **client_options(self._cfg), acks="all", linger_ms=20,
+                    bootstrap_timeout_ms=wait_ms, max_block_ms=wait_ms)  # fmt: skip
+            except KafkaError as exc:
+                if not is_connectivity(exc):
+                    raise DeadLetterError(f"dead-letter producer refused: {exc}") from exc
+                log.warning("dead-letter producer cannot reach the broker", error=str(exc))
+        return self._producer is not None
 
     def close(self) -> None:
         if self._producer is not None:
@@ -96,7 +147,8 @@ class MemoryDeadLetters:
 
     pending: list[tuple[RawRecord, str, str]] = field(default_factory=list)
     durable: list[tuple[RawRecord, str, str]] = field(default_factory=list)
-    broken: bool = False  # flush fails, as with a broker that never acknowledges
+    broken: bool = False  # flush fails, as with a broker that refuses the dead letters
+    unreachable: bool = False  # flush waits, as with a broker that cannot be reached
 
     def send(self, raw: RawRecord, reason: str, detail: str) -> None:
         self.pending.append((raw, reason, detail))
@@ -104,6 +156,8 @@ class MemoryDeadLetters:
     def flush(self) -> None:
         if self.broken and self.pending:
             raise DeadLetterError(f"{len(self.pending)} dead letters not acknowledged")
+        if self.unreachable and self.pending:
+            raise DeadLettersPending(f"{len(self.pending)} dead letters wait for the broker")
         self.durable += self.pending
         self.pending = []
 

@@ -65,6 +65,7 @@ class SourceStats:
     last_poll: float | None = None  # wall-clock time of the last successful poll
     rebalances: int = 0
     joined: bool = False  # has an assignment (a group member, or assigned its share)
+    disconnected_since: float | None = None  # wall-clock time no broker was reachable from
 
 
 class SourceFailed(RuntimeError):

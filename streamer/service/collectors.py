@@ -4,6 +4,7 @@ for every sample under torchrun."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -56,6 +57,10 @@ class PipelineCollector:
         if s.last_poll is not None:
             yield _gauge("kafka_last_poll_timestamp_seconds", "Time of the last poll.",
                          s.last_poll)  # fmt: skip
+        away = s.disconnected_since
+        yield _gauge("kafka_disconnected_seconds",
+                     "How long no broker has been reachable (0 while connected).",
+                     max(0.0, time.time() - away) if away is not None else 0.0)  # fmt: skip
         yield CounterMetricFamily(f"{P}kafka_rebalances", "Assignments received.",
                                   value=s.rebalances)  # fmt: skip
         yield _gauge("replay_items", "Samples held in the buffer.", view.replay_items)

@@ -115,7 +115,11 @@ class Daemon:
             while not self._turn():
                 pass
             self._become("draining")
-            self._checkpoint()  # a graceful stop loses nothing
+            if self._checkpoint() is None:  # a graceful stop loses nothing, or says so
+                raise DeadLetterError(
+                    "dead letters still wait for the broker; the records "
+                    "after the last checkpoint are read again on restart"
+                )
             return 0
         except FATAL as exc:
             self._become("failed")  # nothing past the last checkpoint is committed
@@ -197,11 +201,13 @@ class Daemon:
 
     def _roll_back(self, to: str) -> None:
         """publish.auto_rollback: the model of `to`, the offsets and counts of now."""
+        if not self.persistence.ready_to_save():
+            return  # dead letters wait for the broker: roll back once they are durable
         done = roll_back_live(self.settings.checkpoint.dir, to, self._checkpoint,
                               self.persistence.restore)  # fmt: skip
         self.publisher.rolled_back(done)
 
-    def _checkpoint(self, extra: frozenset = frozenset()) -> None:
+    def _checkpoint(self, extra: frozenset = frozenset()) -> str | None:
         learner = self.engine.learner
         meta = {
             "step": learner.steps,
@@ -213,7 +219,9 @@ class Daemon:
             "config": anchored(self.settings, Path.cwd()).model_dump(mode="json"),
         }  # secrets masked
         ckpt_id = self.persistence.save_and_commit(self.source, meta, extra)
-        structlog.contextvars.bind_contextvars(checkpoint=ckpt_id)
+        if ckpt_id is not None:  # None: postponed while dead letters wait for the broker
+            structlog.contextvars.bind_contextvars(checkpoint=ckpt_id)
+        return ckpt_id
 
     # -- live config ---------------------------------------------------------------------
     def reload(self) -> None:
@@ -243,7 +251,8 @@ class Daemon:
         )  # fmt: skip
 
     def ready(self) -> tuple[bool, str]:
-        return health.ready(self.state, self.source.stats() if self.source else None)
+        return health.ready(self.state, self.source.stats() if self.source else None,
+                            time.time())  # fmt: skip
 
     def _view(self) -> PipelineView | None:
         if self.source is None:

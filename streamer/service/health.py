@@ -22,22 +22,29 @@ def healthy(
     stall_seconds: float,
     now: float,
 ) -> tuple[bool, str]:
-    """Progress: nothing failed, polling goes on, and steps go on while records wait."""
+    """Progress: nothing failed, polling goes on, and steps go on while records wait.
+
+    A broker outage is not a lack of progress: the daemon waits for it (not ready, but
+    live), so a restart would only add its back-off to the outage."""
     if state == "failed" or failure is not None:
         return False, f"failed: {failure}" if failure else "failed"
     if stats is None:
         return True, state
-    if stats.last_poll and now - stats.last_poll > stall_seconds:
+    outage = stats.disconnected_since is not None
+    if stats.last_poll and not outage and now - stats.last_poll > stall_seconds:
         return False, f"no poll for {now - stats.last_poll:.0f} s"
     if stats.buffered > 0 and now - last_step > stall_seconds:
         return False, f"no step for {now - last_step:.0f} s with records waiting"
     return True, "ok"
 
 
-def ready(state: str, stats: SourceStats | None) -> tuple[bool, str]:
-    """Restored and given partitions (or this rank's share)."""
+def ready(state: str, stats: SourceStats | None, now: float) -> tuple[bool, str]:
+    """Restored, given partitions (or this rank's share), and the broker is reachable."""
     if state != "running" or stats is None or not stats.joined:
         return False, f"{state}, not yet in the group"
+    if stats.disconnected_since is not None:
+        away = now - stats.disconnected_since
+        return False, f"no broker reachable for {away:.0f} s; retrying"
     return True, f"running with {len(stats.assigned)} partitions"
 
 

@@ -5,6 +5,10 @@
 3. rank 0 writes one checkpoint: temp dir, fsync, rename; announced to all ranks;
 4. only then each rank commits its own partitions' offsets, metadata naming the checkpoint
    and the ledger's lineage. A failed write commits nothing.
+
+Dead letters held for an unreachable broker postpone the checkpoint (with back-off) instead
+of failing: training goes on, and nothing past them is written or committed until they are
+durable.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from streamer.intake.sink import DeadLetterSink
+from streamer.intake.sink import DeadLetterSink, DeadLettersPending
 from streamer.intake.source import Source
 from streamer.learning.distributed import World
 from streamer.records import Partition
@@ -44,20 +48,31 @@ class Persistence:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.last: str | None = None  # id of the last durable checkpoint
+        self._hold = _Hold()  # postponed while dead letters wait for the broker
 
     def due(self) -> bool:
-        return self.world.is_root and self.checkpointer.due(self.engine.learner.steps)
+        steps = self.engine.learner.steps
+        return self.world.is_root and self.checkpointer.due(steps) and self._hold.over()
+
+    def ready_to_save(self) -> bool:
+        """False while a checkpoint is postponed (dead letters wait for the broker)."""
+        return self._hold.idle
 
     def save_and_commit(
         self, source: Source | None, meta: dict[str, Any], extra: frozenset[Partition]
     ) -> str:
-        """Steps 1-4 above; raises CheckpointError (nothing committed) if the write fails."""
+        """Steps 1-4 above; raises CheckpointError (nothing committed) if the write fails;
+        None (nothing written or committed) while dead letters wait for the broker."""
         started = time.monotonic()
         try:
             ckpt_id = self._save(meta)
         except CheckpointError:
             self.metrics.ckpt_failures.inc()
             raise
+        except DeadLettersPending as exc:
+            self._hold.postpone(str(exc))
+            return None
+        self._hold.clear()
         self.last = ckpt_id
         self.ledger.checkpointed()
         if source is not None:
@@ -75,7 +90,13 @@ class Persistence:
         return ckpt_id
 
     def _save(self, meta: dict[str, Any]) -> str:
-        self.dead_letters.flush()
+        held = None
+        try:
+            self.dead_letters.flush()
+        except DeadLettersPending as exc:
+            held = exc
+        if self.world.agree({"held": held is not None})["held"]:  # every rank, or none
+            raise held or DeadLettersPending("another rank's dead letters wait for the broker")
         state = self.engine.state_dict()
         learner = dict(state["learner"])
         shared = snapshot.Shared(learner.pop("weights"), learner.pop("optimizer"))
@@ -119,3 +140,27 @@ class Persistence:
             {"learner": learner, "replay": shard["replay"], "evaluator": shard["evaluator"]}
         )
         self.ledger.restore(shard["ledger"])
+
+
+class _Hold:
+    """Checkpoints postponed while dead letters wait: retried after 1, 2, 4 ... 30 s."""
+
+    def __init__(self, first: float = 1.0, longest: float = 30.0) -> None:
+        self._first, self._longest = first, longest
+        self._delay, self._until = first, 0.0
+
+    def over(self) -> bool:
+        return time.monotonic() >= self._until
+
+    @property
+    def idle(self) -> bool:
+        return self._until == 0.0
+
+    def postpone(self, why: str) -> None:
+        log.warning("checkpoint postponed: dead letters are not durable yet", reason=why,
+                    retry_in=self._delay)  # fmt: skip
+        self._until = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, self._longest)
+
+    def clear(self) -> None:
+        self._delay, self._until = self._first, 0.0
