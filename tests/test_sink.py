@@ -31,6 +31,6 @@ def test_a_record_with_neither_key_nor_value_is_dead_lettered_with_an_empty_valu
     assert second["value"] is None and second["key"] == b"k"  # a keyed tombstone as it came
 
 
-def test_the_readme_lists_every_refusal_reason():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert [r for r in codec.REASONS if f"`{r}`" not in readme] == []
+def test_the_guarantees_list_every_refusal_reason():
+    guarantees = (Path(__file__).parents[1] / "docs" / "guarantees.md").read_text()
+    assert [r for r in codec.REASONS if f"`{r}`" not in guarantees] == []
