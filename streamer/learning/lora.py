@@ -130,17 +130,21 @@ class _CastAll(torch.autograd.Function):
     def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor):
         ctx.shapes = [t.shape for t in tensors]
         ctx.dtype, ctx.device = tensors[0].dtype, tensors[0].device
+        ctx.set_materialize_grads(False)  # an unused factor keeps no gradient, as uncast
         out = _flat_views(ctx.shapes, dtype, ctx.device)
         torch._foreach_copy_(out, list(tensors))
         return tuple(out)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None):
-        out = _flat_views(ctx.shapes, ctx.dtype, ctx.device)
         present = [i for i, g in enumerate(grads) if g is not None]
-        if len(present) < len(grads):
-            torch._foreach_zero_(out)
-        torch._foreach_copy_([out[i] for i in present], [grads[i] for i in present])
+        if not present:
+            return (None,) * (len(grads) + 1)
+        views = _flat_views([ctx.shapes[i] for i in present], ctx.dtype, ctx.device)
+        torch._foreach_copy_(views, [grads[i] for i in present])
+        out: list[torch.Tensor | None] = [None] * len(grads)
+        for i, view in zip(present, views, strict=True):
+            out[i] = view
         return (None, *out)
 
 
