@@ -154,6 +154,21 @@ class World:
         flat = [p for ps in everyone for p in ps]
         return merged[:, :dim], merged[:, dim:], flat, sum(n > 0 for n in sizes)
 
+    def global_sit(self, img: torch.Tensor, txt: torch.Tensor, prompts: list[str],
+                   scale: torch.Tensor, both_directions: bool) -> torch.Tensor:  # fmt: skip
+        """SIT over every rank's rows. img [b, D] and txt [b, D] (each row's text), b prompts."""
+        img, txt, prompts, ranks = self.gather_batch(img, txt, prompts)  # [N, D] each
+        ranks = max(ranks, 1)
+        first: dict[str, int] = {}
+        for row, prompt in enumerate(prompts):
+            first.setdefault(prompt, row)
+        _, target = losses.unique_targets(prompts)
+        # Every contributing rank computes this same loss with the same scale: give each a
+        # 1/ranks share of the scale's gradient, so their sum is the loss's own gradient.
+        scale = scale / ranks + (scale * (1 - 1 / ranks)).detach()
+        txt = txt[list(first.values())]
+        return losses.sit(img, txt, target.to(img.device), scale, both_directions)
+
 
 def _store(rank: int, size: int, timeout: datetime.timedelta) -> dist.Store:
     """The rendezvous store, with keys private to this attempt of the job.
@@ -179,18 +194,3 @@ def local_device(device: torch.device, local_rank: int) -> torch.device:
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", local_rank)
     return device
-
-    def global_sit(self, img: torch.Tensor, txt: torch.Tensor, prompts: list[str],
-                   scale: torch.Tensor, both_directions: bool) -> torch.Tensor:  # fmt: skip
-        """SIT over every rank's rows. img [b, D] and txt [b, D] (each row's text), b prompts."""
-        img, txt, prompts, ranks = self.gather_batch(img, txt, prompts)  # [N, D] each
-        ranks = max(ranks, 1)
-        first: dict[str, int] = {}
-        for row, prompt in enumerate(prompts):
-            first.setdefault(prompt, row)
-        _, target = losses.unique_targets(prompts)
-        # Every contributing rank computes this same loss with the same scale: give each a
-        # 1/ranks share of the scale's gradient, so their sum is the loss's own gradient.
-        scale = scale / ranks + (scale * (1 - 1 / ranks)).detach()
-        txt = txt[list(first.values())]
-        return losses.sit(img, txt, target.to(img.device), scale, both_directions)
