@@ -116,6 +116,7 @@ class Daemon:
             log.error("stopping without committing", error=str(exc), reason=type(exc).__name__)
             return 1
         finally:
+            self.persistence.close()  # a write in flight finishes (its commit needs the source)
             if self.publisher is not None:
                 self.publisher.stop()
             self.refusals.close()
@@ -127,13 +128,16 @@ class Daemon:
     def _turn(self) -> bool:
         """One turn: take records, learn, hand over revoked partitions, checkpoint when due,
         reload a changed config. True when it is time to stop."""
+        if landed := self.persistence.poll():  # a background checkpoint (raises if it failed)
+            structlog.contextvars.bind_contextvars(checkpoint=landed)
         items = self.source.get(self.settings.learner.batch_size,
                                 self.settings.kafka.linger_ms / 1000)  # fmt: skip
         turn = self._agree(items)  # every rank decides the same, or collectives hang
         self._process(items, turn.train)  # dead-letter, hold out probes, train
         self._handle_revocation()  # partitions leaving: checkpoint and commit them first
         if turn.checkpoint:
-            self._checkpoint()
+            self._checkpoint(background=self.settings.checkpoint.background
+                             and not self.world.active)  # fmt: skip
         if turn.reload:
             self.reload()  # a changed config applies between steps, on every rank
         if self.publisher is not None and self.publisher.rollback_to is not None:
@@ -194,7 +198,7 @@ class Daemon:
                               self.persistence.restore)  # fmt: skip
         self.publisher.rolled_back(done)
 
-    def _checkpoint(self, extra: frozenset = frozenset()) -> None:
+    def _checkpoint(self, extra: frozenset = frozenset(), background: bool = False) -> None:
         learner = self.engine.learner
         meta = {
             "step": learner.steps,
@@ -204,6 +208,9 @@ class Daemon:
             "config_hash": config_hash(self.settings),
             "config": self.settings.model_dump(mode="json"),
         }  # secrets masked
+        if background:  # its id is bound once it has landed (see _turn)
+            self.persistence.begin(self.source, meta)
+            return
         ckpt_id = self.persistence.save_and_commit(self.source, meta, extra)
         structlog.contextvars.bind_contextvars(checkpoint=ckpt_id)
 
