@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError
 
 import structlog
 from kafka import KafkaConsumer, TopicPartition
@@ -31,15 +31,8 @@ from streamer.intake.kafka_group import (
     highwater_marks,
     position,
 )
-from streamer.intake.source import (
-    Decode,
-    Item,
-    Resume,
-    Revocation,
-    SourceFailed,
-    SourceStats,
-    to_item,
-)
+from streamer.intake.pools import DecodePool, Handle, ThreadPool, ready
+from streamer.intake.source import Decode, Item, Resume, Revocation, SourceFailed, SourceStats
 from streamer.records import DecodeError, Partition, RawRecord
 
 log = structlog.get_logger(__name__)
@@ -54,14 +47,14 @@ class KafkaSource:
         backoff: tuple[float, float] = (1.0, 30.0),
         owns: Callable[[list[int]], list[int]] | None = None,
         workers: int = 1,
+        pool: DecodePool | None = None,
     ) -> None:
         self.cfg = cfg
         self._owns = owns  # a fixed share of partitions (assign), else the group decides
-        self._decode = decode
         self._backoff = backoff
         self._resume: Resume = lambda _p, _g: None
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode-worker")
-        self._raw: queue.Queue[tuple[Future[Item], int] | None] = queue.Queue()  # fetch order
+        self._pool = pool or ThreadPool(decode, workers)  # or processes (pools.py)
+        self._raw: queue.Queue[tuple[Handle, int] | None] = queue.Queue()  # fetch order
         self._ready: queue.Queue[tuple[Item, int]] = queue.Queue()
         self._epochs: dict[Partition, int] = {}  # bumped when a partition leaves us
         self._lock = threading.Lock()
@@ -134,7 +127,7 @@ class KafkaSource:
     def close(self) -> None:
         self._stop.set()
         self._raw.put(None)  # wakes the decode thread even if the poll thread died first
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=10)
@@ -203,7 +196,7 @@ class KafkaSource:
         detail = f"{type(error).__name__}: {error}"[:200]
         epoch = self._epochs.get((tp.topic, tp.partition), 0)
         refused = Item(raw, error=DecodeError("unreadable_record", detail))
-        self._submit(epoch, lambda: refused)  # behind the records fetched before it
+        self._submit(epoch, lambda: ready(refused))  # behind the records fetched before it
         consumer.seek(tp, offset + 1)  # the record stays in the topic; its DLQ entry says where
         return True
 
@@ -212,11 +205,11 @@ class KafkaSource:
         for r in records:
             raw = RawRecord(tp.topic, tp.partition, r.offset, r.value, r.key,
                             tuple(r.headers or ()), r.timestamp)  # fmt: skip
-            self._submit(epoch, to_item, raw, self._decode)
+            self._submit(epoch, lambda raw=raw: self._pool.submit(raw))
 
-    def _submit(self, epoch: int, fn, *args) -> None:
+    def _submit(self, epoch: int, handle: Callable[[], Handle]) -> None:
         try:
-            self._raw.put((self._pool.submit(fn, *args), epoch))
+            self._raw.put((handle(), epoch))
         except RuntimeError:  # closing: the pool is shut; nothing uncommitted is lost
             if not self._stop.is_set():
                 raise
@@ -279,9 +272,9 @@ class KafkaSource:
     def _decode_loop(self) -> None:
         """Items in fetch order; a worker's exception kills this thread (failing the source)."""
         while (entry := self._raw.get()) is not None:
-            future, epoch = entry
+            handle, epoch = entry
             try:
-                item = future.result()
+                item = self._pool.item(handle)  # PoolDead: processes that cannot decode
             except CancelledError:
                 if self._stop.is_set():
                     return  # closing: the pool dropped what was still queued

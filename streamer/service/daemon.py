@@ -99,9 +99,7 @@ class Daemon:
         try:
             self._become("restoring")
             self.persistence.restore()  # weights, optimizer, replay, evaluator, ledger
-            self.source = self.source or wiring.kafka_source(
-                self.settings, self.world, self.engine.decoder.decode
-            )
+            self.source = self.source or wiring.kafka_source(self.settings, self.world, self.engine)
             self.source.start(self.ledger.resume)  # the ledger says where partitions resume
             self._become("running")
             if self.publisher is not None:
