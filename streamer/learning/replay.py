@@ -20,7 +20,7 @@ import dataclasses
 import heapq
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -127,19 +127,25 @@ class ReplayBuffer:
     def state_dict(self) -> dict[str, Any]:
         """Plain lists, numbers, strings, bytes and uint8 tensors (a `pixels` resident's, on the
         host): loadable with torch.load(weights_only=True)."""
+        return self.frozen()()
+
+    def frozen(self) -> Callable[[], dict[str, Any]]:
+        """The state as of now, built later (on a checkpoint's writer thread): residents are
+        immutable, so holding them costs a list of references, whatever they hold."""
         slots = sorted(self._items)
-        entries = [self._items[s][1] for s in slots]
-        return {
-            "capacity": self.capacity,
-            "max_bytes": self.max_bytes,
-            "seen": self._seen,
-            "tau": self._tau,
-            "keys": [self._items[s][0] for s in slots],
-            "items": [_item_state(e) for e in entries],
-            "pixels": [e.pixels.cpu() if isinstance(e, Pair) else None for e in entries],
-            "rng": _rng_state_to_list(self._rng.getstate()),
-            "key_rng": _rng_state_to_list(self._keys.getstate()),
-        }
+        held = [self._items[s] for s in slots]  # (key, entry) pairs, never changed in place
+        fixed = {"capacity": self.capacity, "max_bytes": self.max_bytes, "seen": self._seen,
+                 "tau": self._tau, "rng": _rng_state_to_list(self._rng.getstate()),
+                 "key_rng": _rng_state_to_list(self._keys.getstate())}  # fmt: skip
+
+        def build() -> dict[str, Any]:
+            entries = [entry for _, entry in held]
+            return {**fixed, "keys": [key for key, _ in held],
+                    "items": [_item_state(e) for e in entries],
+                    "pixels": [e.pixels.cpu() if isinstance(e, Pair) else None
+                               for e in entries]}  # fmt: skip
+
+        return build
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore; this buffer's own capacity and budget apply (a smaller one evicts)."""
@@ -164,7 +170,8 @@ class ReplayBuffer:
 
 
 def _item_state(entry: Entry) -> dict[str, Any]:
-    item = dataclasses.asdict(sample_of(entry))
+    sample = sample_of(entry)  # its fields are strings, bytes and numbers: shared, not copied
+    item = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}
     if isinstance(entry, Pair):  # its image was dropped; b"" pickles as a global weights_only
         item["image"] = None  # refuses to load
     return item

@@ -148,6 +148,7 @@ class Persistence:
                ready: Callable[[], None]) -> Landed:  # fmt: skip
         try:
             ready()  # the copies to host memory have landed
+            shard = {**shard, "replay": shard["replay"]()}  # type: ignore[operator,misc]
             written = snapshot.write(self.checkpointer, [shard], shared, meta)
         except Exception as exc:  # a surprise in serialising: this checkpoint only, loudly
             written = snapshot.Written(None, f"{type(exc).__name__}: {exc}"[:300])
@@ -175,20 +176,21 @@ class Persistence:
 
     # -- in the foreground ---------------------------------------------------------------
     def _copy(self) -> tuple[snapshot.Shard, snapshot.Shared, Callable[[], None]]:
-        """Step 1, then the state as of this boundary, in memory training does not touch."""
+        """Step 1, then the state as of this boundary, in memory training does not touch.
+        The replay's part is built on the writer thread (`ReplayBuffer.frozen`)."""
         self.dead_letters.flush()
-        state = self.engine.state_dict()
-        learner = dict(state["learner"])
+        engine = self.engine
+        learner = engine.learner.state_dict()
         weights, optimizer = learner.pop("weights"), learner.pop("optimizer")  # fresh copies
         shard: snapshot.Shard = {
             "learner": snapshot.detached(learner),
-            "replay": snapshot.detached(state["replay"], clone=False),
-            "evaluator": snapshot.detached(state["evaluator"]),
+            "replay": engine.replay.frozen(),  # type: ignore[typeddict-item]
+            "evaluator": snapshot.detached(engine.evaluator.state_dict()),
             "ledger": self.ledger.shard(), "fingerprint": "",
         }  # fmt: skip
         shared = snapshot.Shared(snapshot.detached(weights, clone=False),
                                  snapshot.detached(optimizer, clone=False))  # fmt: skip
-        return shard, shared, snapshot.host_ready(self.engine.model.device)
+        return shard, shared, snapshot.host_ready(engine.model.device)
 
     def _save(self, meta: dict[str, Any]) -> str:
         self.dead_letters.flush()
