@@ -26,6 +26,7 @@ import itertools
 import json
 import multiprocessing
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from streamer.config import Settings, StreamConfig
 from streamer.dev import datasets
 from streamer.dev.broker import EmbeddedBroker
 from streamer.dev.produce import publish
+from streamer.records import Pair
 from streamer.service.daemon import Daemon
 from streamer.service.pipeline import build_engine
 
@@ -79,7 +81,8 @@ def samples(kind: str, n: int, distinct: int = 512) -> list:
             for i in range(n)]  # fmt: skip
 
 
-def bare(settings: Settings, seconds: float, records: str) -> dict[str, Any]:
+def bare(settings: Settings, seconds: float, records: str, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
     engine = build_engine(settings)
     batch = settings.learner.batch_size
     pairs = [engine.to_pair(s) for s in samples(records, 8 * batch)]
@@ -94,10 +97,13 @@ def bare(settings: Settings, seconds: float, records: str) -> dict[str, Any]:
             "steps": len(stamps)}  # fmt: skip
 
 
-def daemon(settings: Settings, seconds: float, records: str) -> dict[str, Any]:
+def daemon(settings: Settings, seconds: float, records: str, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
     d = Daemon(settings)
-    for pair in map(d.engine.to_pair, samples(records, settings.replay.capacity, 256)):
-        d.engine.replay.add(pair)  # a full replay, as after hours of stream
+    distinct = [d.engine.to_pair(s) for s in samples(records, 256)]
+    for i in range(settings.replay.capacity):  # a full replay, as after hours of stream
+        pair = distinct[i % len(distinct)]
+        d.engine.replay.add(Pair(dataclasses.replace(pair.sample, id=f"r{i}"), pair.pixels))
     stamps: dict[int, tuple[float, int]] = {}  # step -> (time it ended, records trained)
     marks: list[int] = []  # steps after which a checkpoint began
 
@@ -182,30 +188,42 @@ def main() -> None:
         topics = {bg: f"stall-{'bg' if bg else 'fg'}-{int(time.time())}" for bg in modes}
         make = {bg: settings_for(args, topics[bg], broker.bootstrap, tmp, bg) for bg in modes}
         started = time.monotonic()
-        out["stages"]["bare"] = in_process(bare, make[True], args.seconds, args.records)
+        producers: list[threading.Thread] = []
+        if args.rate:  # provisioned up front: produced while bare runs
+            producers = produce(args, args.rate, [make[bg].kafka for bg in modes], out)
+        out["stages"]["bare"] = in_process(bare, make[True], args.seconds, args.records,
+                                          args.threads)  # fmt: skip
         print(json.dumps(out["stages"]["bare"]), flush=True)
-        rate = args.rate or out["stages"]["bare"]["records_per_s"]
-        n = int(rate * (args.seconds + 30) * 1.2) + 4 * args.batch
-        batch_of = samples(args.records, n)
-        producers = [threading.Thread(target=publish, args=(make[bg].kafka, batch_of))
-                     for bg in modes]  # fmt: skip
-        for p in producers:
-            p.start()
+        if not args.rate:
+            rate = out["stages"]["bare"]["records_per_s"]
+            producers = produce(args, rate, [make[bg].kafka for bg in modes], out)
         for p in producers:
             p.join()
-        out["records_on_topic"] = n
         for bg in modes:
             name = "daemon_background" if bg else "daemon_foreground"
-            out["stages"][name] = in_process(daemon, make[bg], args.seconds, args.records)
+            out["stages"][name] = in_process(daemon, make[bg], args.seconds, args.records,
+                                             args.threads)  # fmt: skip
             stage = out["stages"][name]
             stage["over_bare"] = (stage["records_per_s"]
                                   / out["stages"]["bare"]["records_per_s"])  # fmt: skip
             print(json.dumps(out["stages"][name]), flush=True)
         out["wall_s"] = time.monotonic() - started
+    shutil.rmtree(tmp, ignore_errors=True)
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(out, indent=1) + "\n")
     args.out_json.with_suffix(".md").write_text(markdown(out) + "\n")
     print(markdown(out))
+
+
+def produce(args, rate: float, topics: list, out: dict) -> list[threading.Thread]:
+    """Enough records for --seconds at `rate` plus start-up, on each topic, in threads."""
+    n = int(rate * (args.seconds + 30) * 1.2) + 4 * args.batch
+    made = samples(args.records, n)
+    out["records_on_topic"] = n
+    threads = [threading.Thread(target=publish, args=(kafka, made)) for kafka in topics]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def machine(args) -> dict[str, Any]:
