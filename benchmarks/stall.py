@@ -118,8 +118,10 @@ def daemon(settings: Settings, seconds: float, records: str, threads: int) -> di
         real = getattr(d.persistence, name)
 
         def noted(*a, _real=real, **k):
-            marks.append(d.engine.learner.steps)
-            return _real(*a, **k)
+            step, done = d.engine.learner.steps, _real(*a, **k)
+            if done:  # begin: False when skipped (a write still in flight)
+                marks.append(step)
+            return done
 
         setattr(d.persistence, name, noted)
     d.on_step = on_step
