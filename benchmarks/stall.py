@@ -8,14 +8,14 @@ Each stage in a fresh process, each bounded by --seconds of steps:
   --every steps, stopped after --seconds.
 
 Per daemon stage: the median interval between steps; for each checkpoint, the interval
-holding its boundary (the copy in the background, the whole write and commit in the
-foreground) and the worst of the next three (while the writer thread works), each minus the
-median; the training thread's copy time (`streamer_checkpoint_snapshot_seconds`); and the
-mean rate from the third step to the last (records trained over wall time), over bare's.
+holding its boundary and the worst of the next three (while the writer thread works), each
+minus the median; how long each checkpoint held the training thread (background: flush and
+copy; foreground: write, fsync and commit): the direct stall, which a shared machine's noise
+does not blur as it does intervals; and the mean rate from the third step to the last
+(records trained over wall time, checkpoints included), over bare's.
 
     .venv/bin/python benchmarks/stall.py --model streamer-demo --seconds 60 --foreground
-    .venv/bin/python benchmarks/stall.py --model ViT-B-16 --device cuda --precision bf16 \\
-        --batch 64 --records web --codec raw --seconds 75 --every 50 --store pixels --on-device
+    (GPU: see benchmarks/README.md, "Checkpoints and intake off the training thread")
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ def daemon(settings: Settings, seconds: float, records: str, threads: int) -> di
         d.engine.replay.add(Pair(dataclasses.replace(pair.sample, id=f"r{i}"), pair.pixels))
     stamps: dict[int, tuple[float, int]] = {}  # step -> (time it ended, records trained)
     marks: list[int] = []  # steps after which a checkpoint began
+    held: list[float] = []  # how long each held the training thread (the direct stall)
 
     def on_step(outcome, daemon) -> None:
         step = outcome.result.step
@@ -118,15 +119,21 @@ def daemon(settings: Settings, seconds: float, records: str, threads: int) -> di
         real = getattr(d.persistence, name)
 
         def noted(*a, _real=real, **k):
-            step, done = d.engine.learner.steps, _real(*a, **k)
+            step, started = d.engine.learner.steps, time.perf_counter()
+            done = _real(*a, **k)
             if done:  # begin: False when skipped (a write still in flight)
                 marks.append(step)
+                held.append(time.perf_counter() - started)
             return done
 
         setattr(d.persistence, name, noted)
     d.on_step = on_step
     d.run()
-    return summary(stamps, marks[:-1], d)  # the last: the final one, after the run
+    out = summary(stamps, marks[:-1], d)  # the last: the final one, after the run
+    out["held_s"] = held[:-1]
+    out["held_s_median"] = statistics.median(held[:-1]) if len(held) > 1 else None
+    out["held_s_max"] = max(held[:-1], default=None)
+    return out
 
 
 def summary(stamps: dict, marks: list[int], d: Daemon) -> dict[str, Any]:
@@ -242,14 +249,16 @@ def markdown(out: dict[str, Any]) -> str:
              + (f", {m['gpu']}" if m["gpu"] else ""), "",
              "| stage | records/s (mean, whole run) | / bare | median step interval s | "
              "checkpoints | boundary interval over median, max ms | next 3 over median, "
-             "max ms | copy on the training thread, mean ms |", "|---|---|---|---|---|---|---|---|",
+             "max ms | training thread held, median / max ms |",
+             "|---|---|---|---|---|---|---|---|",
              f"| bare | {bare_['records_per_s']:.1f} | 1.00 | {bare_['median_interval_s']:.3f} "
              "| – | – | – | – |"]  # fmt: skip
     for name in ("daemon_background", "daemon_foreground"):
         s = out["stages"].get(name)
         if s is None:
             continue
-        snap = f"{1000 * s['snapshot_s_mean']:.1f}" if s["snapshot_s_mean"] else "–"
+        snap = (f"{1000 * s['held_s_median']:.0f} / {1000 * s['held_s_max']:.0f}"
+                if s.get("held_s_median") is not None else "–")  # fmt: skip
         lines.append(
             f"| {name.replace('_', ', ')} | {s['records_per_s']:.1f} | {s['over_bare']:.2f} | "
             f"{s['median_interval_s']:.3f} | {len(s['checkpoints'])} | "
