@@ -1,13 +1,12 @@
 """Records in from Kafka: a consumer group polled on its own thread, decoded by a pool.
 
-Each fetched record goes to a pool of decode threads, its future queued in fetch order; an
-ordering thread waits on them in that order, so items leave in offset order within every
-partition however the workers finish. The training thread takes decoded items from a bounded
-queue. Polling goes on while steps run (paused when the queue is full), so a long step never
-gets this member evicted. Rebalances are handed to the training thread, which checkpoints and
-commits before partitions are given up (see Daemon). A thread that dies, or polling that keeps
-failing, fails the source (SourceFailed from `get`, `failure()` for health).
-"""
+Each fetched record goes to a decode pool (threads or processes, pools.py) in fetch order; an
+ordering thread takes results in that order, so items leave in offset order within every
+partition. The training thread takes decoded items from a bounded queue. Polling goes on
+while steps run (paused when the queue is full), so a long step never gets this member
+evicted. Rebalances are handed to the training thread, which checkpoints and commits before
+partitions are given up (see Daemon). A thread that dies, a dead process pool, or polling
+that keeps failing fails the source (SourceFailed from `get`, `failure()` for health)."""
 
 from __future__ import annotations
 
@@ -32,11 +31,23 @@ from streamer.intake.kafka_group import (
     position,
 )
 from streamer.intake.pools import DecodePool, Handle, ThreadPool, ready
-from streamer.intake.source import Decode, Item, Resume, Revocation, SourceFailed, SourceStats
+from streamer.intake.source import (
+    Decode,
+    Item,
+    Resume,
+    Revocation,
+    SourceFailed,
+    SourceStats,
+    to_item,
+)
 from streamer.records import DecodeError, Partition, RawRecord
 
 log = structlog.get_logger(__name__)
 PERMANENT = (UnsupportedCodecError, KafkaConfigurationError)  # retrying never helps
+
+
+def _to_item(raw: RawRecord, decode: Decode) -> Item:  # looked up at each call: replaceable
+    return to_item(raw, decode)
 
 
 class KafkaSource:
@@ -49,30 +60,24 @@ class KafkaSource:
         workers: int = 1,
         pool: DecodePool | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.cfg, self._backoff = cfg, backoff
         self._owns = owns  # a fixed share of partitions (assign), else the group decides
-        self._backoff = backoff
         self._resume: Resume = lambda _p, _g: None
-        self._pool = pool or ThreadPool(decode, workers)  # or processes (pools.py)
+        self._pool = pool or ThreadPool(decode, workers, _to_item)  # or processes (pools.py)
         self._raw: queue.Queue[tuple[Handle, int] | None] = queue.Queue()  # fetch order
         self._ready: queue.Queue[tuple[Item, int]] = queue.Queue()
         self._epochs: dict[Partition, int] = {}  # bumped when a partition leaves us
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._lock, self._stop = threading.Lock(), threading.Event()
         self._consumer: KafkaConsumer | None = None
         self.revocation: Revocation | None = None
         self._failure: str | None = None
         self.assigned: set[Partition] = set()
         self._highwater: dict[Partition, int] = {}
-        self._paused = False
-        self.rebalances = 0
+        self._paused, self.rebalances = False, 0
         self._last_poll: float | None = None
-        self._threads = [
-            threading.Thread(target=self._guarded(self._poll_loop), name="kafka-poll",
-                             daemon=True),
-            threading.Thread(target=self._guarded(self._decode_loop), name="decode",
-                             daemon=True),
-        ]  # fmt: skip
+        self._threads = [threading.Thread(target=self._guarded(loop), name=name, daemon=True)
+                         for loop, name in ((self._poll_loop, "kafka-poll"),
+                                            (self._decode_loop, "decode"))]  # fmt: skip
 
     # -- training thread -----------------------------------------------------------------
     def start(self, resume: Resume) -> None:
@@ -102,7 +107,8 @@ class KafkaSource:
         return self.revocation
 
     def commit(self, offsets: dict[Partition, int], metadata: str) -> bool:
-        """Commit next-offsets (a checkpoint's); False when the broker refuses or is away."""
+        """Commit next-offsets (a checkpoint's); False when the broker refuses or is away.
+        Safe from any thread (the training thread, or a checkpoint's writer thread)."""
         consumer = self._consumer
         if consumer is None or not offsets:
             return consumer is not None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -56,12 +57,14 @@ def ready(item: Item) -> Handle:
 
 
 class ThreadPool:
-    def __init__(self, decode: Decode, workers: int) -> None:
-        self._decode = decode
+    def __init__(
+        self, decode: Decode, workers: int, work: Callable[[RawRecord, Decode], Item] = to_item
+    ) -> None:
+        self._decode, self._work = decode, work
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode-worker")
 
     def submit(self, raw: RawRecord) -> Handle:
-        return self._pool.submit(to_item, raw, self._decode), None, None
+        return self._pool.submit(self._work, raw, self._decode), None, None
 
     def item(self, handle: Handle) -> Item:
         return handle[0].result()  # CancelledError once shut down
