@@ -22,6 +22,7 @@ import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,10 @@ from streamer.dev.produce import publish
 
 
 def in_process(fn, *args) -> dict[str, Any]:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+    # not multiprocessing.Pool: its daemonic workers cannot start decode processes
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def records(n: int, distinct: int) -> list:

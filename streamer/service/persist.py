@@ -42,6 +42,10 @@ from streamer.state.ledger import Ledger
 log = structlog.get_logger(__name__)
 
 
+def _writer() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
+
+
 @dataclass(frozen=True)
 class Landed:
     """What the writer thread did with one background checkpoint."""
@@ -76,7 +80,7 @@ class Persistence:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.last: str | None = None  # id of the last durable checkpoint
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
+        self._writer = _writer()
         self._in_flight: InFlight | None = None
 
     def due(self) -> bool:
@@ -142,6 +146,8 @@ class Persistence:
     def close(self) -> None:
         """Let a write in flight finish (a stop must not leave it half done); note nothing."""
         self._writer.shutdown(wait=True)
+        self._writer = _writer()  # a daemon may run again (its thread starts on first use)
+        self._in_flight = None  # durable or not, a restart's restore finds what is there
 
     def _write(self, source: Source | None, shard: snapshot.Shard, shared: snapshot.Shared,
                meta: dict[str, Any], offsets: dict[Partition, int], lineage: str,

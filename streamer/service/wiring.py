@@ -3,6 +3,7 @@ the publisher."""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,9 @@ def kafka_source(settings: Settings, world: World, engine: Engine) -> Source:
 def decode_pool(cfg: RecordConfig, engine: Engine, workers: int) -> DecodePool | None:
     """Processes (records.decode_mode), or None: the source's threads."""
     if cfg.decode_mode == "threads" or (cfg.decode_mode == "auto" and workers < 4):
+        return None
+    if multiprocessing.current_process().daemon:  # it may not start processes of its own
+        log.warning("decoding in threads: this is a daemonic process", mode=cfg.decode_mode)
         return None
     portable = engine.decoder.with_preprocess(PortablePixels(engine.model))
     return ProcessPool(portable.decode, workers, cfg.decode_timeout_seconds)
