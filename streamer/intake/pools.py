@@ -167,14 +167,9 @@ class ProcessPool:
                                "with none decoded between") from exc  # fmt: skip
             log.warning("a record kills its decode worker; refusing it", offset=raw.offset,
                         partition=raw.partition, crashed=crashed)  # fmt: skip
-            reason = "decode_crashed" if crashed else "decode_timeout"
-            return Item(
-                raw,
-                error=DecodeError(
-                    reason,
-                    "the decode worker process died" if crashed else f"over {self.timeout:g} s",
-                ),
-            )
+            if crashed:
+                return Item(raw, error=DecodeError("decode_crashed", "its worker process died"))
+            return Item(raw, error=DecodeError("decode_timeout", f"over {self.timeout:g} s"))
 
     def shutdown(self) -> None:
         for pool in (self._pool, self._alone):
