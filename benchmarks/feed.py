@@ -31,6 +31,7 @@ from streamer.dev.web_images import realistic
 from streamer.intake.decode import Decoder
 from streamer.intake.kafka_source import KafkaSource
 from streamer.service.pipeline import build_engine
+from streamer.service.wiring import decode_pool
 
 ARCH = "streamer-tiny-224"
 MODELS = Path(__file__).parent / "models"
@@ -44,13 +45,15 @@ def web_records(n: int, seed: int = 0) -> list:
     return realistic(list(datasets.stream(cfg))[:n], seed)
 
 
-def settings_for(store: str, bootstrap: str = "127.0.0.1:9", topic: str = "feed") -> Settings:
+def settings_for(store: str, bootstrap: str = "127.0.0.1:9", topic: str = "feed",
+                 codec: str = "json", group: str | None = None) -> Settings:  # fmt: skip
     return Settings.model_validate({
         "model": {"arch": ARCH, "config_dirs": [str(MODELS)], "peft": {"mode": "full"}},
         "learner": SHAPE,
         "replay": {"capacity": 2000, "store": store},
         "evaluation": {"probe_fraction": 0.0, "eval_every": 10**9},
-        "kafka": {"bootstrap_servers": [bootstrap], "topic": topic, "group_id": f"g-{topic}"},
+        "kafka": {"bootstrap_servers": [bootstrap], "topic": topic, "codec": codec,
+                  "group_id": group or f"g-{topic}"},
         "logging": {"level": "WARNING"},
     })  # fmt: skip
 
@@ -74,12 +77,16 @@ def decode_ms(n: int, threads: int) -> dict[str, Any]:
     return out
 
 
-def feed_capacity(bootstrap: str, topic: str, n: int, workers: int, threads: int) -> dict:
+def feed_capacity(bootstrap: str, topic: str, n: int, workers: int, threads: int,
+                  mode: str = "threads", codec: str = "json",
+                  group: str | None = None) -> dict:  # fmt: skip
     """Records/s from the topic through the decode pool into replay, nothing else per batch."""
     torch.set_num_threads(threads)
-    settings = settings_for("pixels", bootstrap, topic)
+    settings = settings_for("pixels", bootstrap, topic, codec, group)
     engine = build_engine(settings)
-    source = KafkaSource(settings.kafka, engine.decoder.decode, workers=workers)
+    records = settings.records.model_copy(update={"decode_mode": mode})
+    pool = decode_pool(records, engine, workers)  # None: threads
+    source = KafkaSource(settings.kafka, engine.decoder.decode, workers=workers, pool=pool)
     source.start(lambda _p, _g: None)
     stamps, got, refused = [], 0, 0
     batch = SHAPE["batch_size"]
@@ -98,8 +105,8 @@ def feed_capacity(bootstrap: str, topic: str, n: int, workers: int, threads: int
     finally:
         source.close()
     (t0, n0), (t1, n1) = stamps[WARMUP], stamps[-1]  # from the third batch: past group join
-    return {"workers": workers, "records": got, "refused": refused,
-            "records_per_s": (n1 - n0) / (t1 - t0)}  # fmt: skip
+    return {"workers": workers, "mode": mode, "codec": codec, "records": got,
+            "refused": refused, "records_per_s": (n1 - n0) / (t1 - t0)}  # fmt: skip
 
 
 def overhead(store: str, n: int, threads: int) -> dict[str, Any]:

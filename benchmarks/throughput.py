@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +206,10 @@ def naive(settings: Settings, n: int, threads: int) -> dict[str, Any]:
 
 def in_process(fn, *args) -> dict[str, Any]:
     """Each mode in a fresh interpreter: its own peak RSS, no warm caches from another mode."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+    # not multiprocessing.Pool: its daemonic workers cannot start decode processes
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def main() -> None:

@@ -17,6 +17,9 @@ from typing import Any, TextIO
 import structlog
 
 QUIET_LIBRARIES = ("kafka", "urllib3", "filelock", "timm", "huggingface_hub")
+# kafka-python's IO loop warns each time a task holds it too long; under load (the GIL shared
+# with decoding and training) that is hundreds a minute. One line per interval, with a count.
+AGGREGATED = {"kafka.net.selector": "blocking the event loop"}
 
 
 def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None) -> None:
@@ -47,6 +50,10 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]
+    for name, pattern in AGGREGATED.items():
+        library = logging.getLogger(name)
+        library.filters = [f for f in library.filters if not isinstance(f, Aggregate)]
+        library.addFilter(Aggregate(pattern))
     set_level(level)
 
 
@@ -88,3 +95,29 @@ class RateLimited:
         for reason, more in self._suppressed.items():
             self._log.warning(self._event, reason=reason, suppressed_since_last=more)
         self._suppressed.clear()
+
+
+class Aggregate(logging.Filter):
+    """A library's repeated warning containing `pattern`: the first, then at most one per
+    interval saying how many were held back. Its other lines pass untouched."""
+
+    def __init__(
+        self, pattern: str, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.pattern, self.interval, self._clock = pattern, interval, clock
+        self._last: float | None = None
+        self.held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.pattern not in record.getMessage():
+            return True
+        now = self._clock()
+        if self._last is not None and now - self._last < self.interval:
+            self.held += 1
+            return False
+        if self.held:
+            record.msg = f"{record.getMessage()} ({self.held} more like it held back since)"
+            record.args = None
+        self._last, self.held = now, 0
+        return True

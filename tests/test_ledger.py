@@ -81,3 +81,14 @@ def test_commit_metadata_names_the_checkpoint_and_the_lineage():
     ledger.advance(P, 4)
     ledger.advance(("other", 1), 9)
     assert ledger.to_commit({P}) == {P: 5}
+
+
+def test_a_checkpoint_taken_earlier_leaves_partitions_advanced_since_dirty():
+    ledger = Ledger()
+    other = ("pairs", 1)
+    ledger.advance(P, 41)
+    ledger.advance(other, 7)
+    held = dict(ledger.offsets)  # the copy a background checkpoint took
+    ledger.advance(P, 42)  # training went on while it was written
+    ledger.checkpointed(held)
+    assert ledger.touches({P}) and not ledger.touches({other})

@@ -51,3 +51,22 @@ def test_a_flood_of_one_reason_is_a_bounded_number_of_lines():
     assert len(lines) == 3  # first sample, one per elapsed interval, the flush
     assert lines[0]["offset"] == 0
     assert sum(line["suppressed_since_last"] for line in lines) == 10_000 - 2
+
+
+def test_kafka_event_loop_warnings_are_one_line_per_interval_and_other_warnings_all_pass():
+    out = io.StringIO()
+    logs.configure("INFO", "json", out)
+    now = [0.0]
+    selector = logging.getLogger("kafka.net.selector")
+    aggregate = next(f for f in selector.filters if isinstance(f, logs.Aggregate))
+    aggregate._clock = lambda: now[0]
+    for i in range(300):  # 300 in 90 s, as seen on a GPU node under load
+        now[0] = i * 0.3
+        selector.warning("Task %r ran for %.3fs. It is blocking the event loop -- likely", i, 0.2)
+        if i % 100 == 0:
+            selector.warning("Task %s left RUNNING after step", i)
+    lines = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    blocking = [line for line in lines if "blocking the event loop" in line]
+    assert len(blocking) == 2  # the first, then one per 60 s with the count held back
+    assert "(199 more like it held back since)" in blocking[1]
+    assert sum("left RUNNING" in line for line in lines) == 3  # nothing else is held back

@@ -195,6 +195,16 @@ class RecordConfig(Section):
         description="Threads decoding records (order within a partition is kept). Default: "
         "the CPUs the process may use (affinity and cgroup quota) less one, at most 8.",
     )
+    decode_mode: Literal["auto", "threads", "processes"] = Field(
+        "auto",
+        description="threads: decode workers share the daemon's GIL (they stop scaling at "
+        "about 4). processes: each worker is a process with its own (a crashing or hanging "
+        "record is refused as decode_crashed / decode_timeout). auto: processes from 4 "
+        "workers on, threads below.",
+    )
+    decode_timeout_seconds: float = Field(
+        30.0, gt=0, description="processes: a record decoding longer than this is refused."
+    )
     jpeg_draft: bool = Field(
         True,
         description="Decode a JPEG much larger than the model's input at 1/2, 1/4 or 1/8 "

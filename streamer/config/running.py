@@ -15,6 +15,13 @@ class CheckpointConfig(Section):
     every_steps: int = Field(200, ge=1, description="Checkpoint after this many steps...")
     every_seconds: float = Field(300.0, gt=0, description="...or this many seconds.")
     keep: int = Field(3, ge=1, description="Checkpoints kept.")
+    background: bool = Field(
+        True,
+        description="Write, fsync and commit on a writer thread: the training thread only "
+        "copies the state at a step boundary. At most one write is in flight; a checkpoint "
+        "falling due meanwhile waits for the next boundary. Single-process daemons only "
+        "(under torchrun the write stays on the training thread).",
+    )
     keep_published: bool = Field(
         True, description="Also keep every checkpoint that was published: rollback targets."
     )

@@ -35,7 +35,7 @@ REASONS = (
     "uri_timeout", "uri_content_type", "empty_text", "text_too_long",
     "event_time_out_of_range", "empty_image", "image_too_large", "too_many_pixels",
     "extreme_aspect_ratio", "not_an_image", "corrupt_image", "unreadable_record",
-    "internal_error",
+    "decode_crashed", "decode_timeout", "internal_error",
 )  # fmt: skip
 NO_BROKER_TIME_LIMIT = 1e11  # seconds since the epoch (year 5138): bound without a reference
 

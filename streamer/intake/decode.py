@@ -7,6 +7,7 @@ exception's type in the detail, so no single record can stop the daemon.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import warnings
@@ -57,6 +58,12 @@ class Decoder:
         except Exception as exc:  # a bug or a library's surprise: this record only
             detail = f"{type(exc).__name__}: {exc}"[:200]
             raise DecodeError("internal_error", detail) from exc
+
+    def with_preprocess(self, preprocess: Preprocess) -> Decoder:
+        """The same decoder with another preprocessing (one that pickles, for processes)."""
+        other = copy.copy(self)
+        other._preprocess = preprocess
+        return other
 
     def pair(self, sample: Sample) -> Pair:
         return Pair(sample, self.pixels(sample))

@@ -1,12 +1,12 @@
 """Records in from Kafka: a consumer group polled on its own thread, decoded by a pool.
 
-Each fetched record goes to a pool of decode threads, its future queued in fetch order; an
-ordering thread waits on them in that order, so items leave in offset order within every
-partition however the workers finish. The training thread takes decoded items from a bounded
-queue. Polling goes on while steps run (paused when the queue is full), so a long step never
-gets this member evicted. Rebalances are handed to the training thread, which checkpoints and
-commits before partitions are given up (see Daemon). A thread that dies, or polling that keeps
-failing, fails the source (SourceFailed from `get`, `failure()` for health); an outage does not.
+Each fetched record goes to a decode pool (threads or processes, pools.py) in fetch order; an
+ordering thread takes results in that order, so items leave in offset order within every
+partition. The training thread takes decoded items from a bounded queue. Polling goes on while
+steps run (paused when the queue is full), so a long step never evicts this member.
+Rebalances go to the training thread, which checkpoints and commits before partitions leave.
+A dead thread or process pool, or polling that keeps failing, fails the source (SourceFailed
+from `get`, `failure()` for health); a broker outage does not.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError
 
 import structlog
 from kafka import KafkaConsumer, TopicPartition
@@ -32,6 +32,7 @@ from streamer.intake.kafka_group import (
     position,
 )
 from streamer.intake.outage import PERMANENT, Outage, broker_connected, is_connectivity
+from streamer.intake.pools import DecodePool, Handle, ThreadPool, ready
 from streamer.intake.source import (
     Decode,
     Item,
@@ -46,6 +47,10 @@ from streamer.records import DecodeError, Partition, RawRecord
 log = structlog.get_logger(__name__)
 
 
+def _to_item(raw: RawRecord, decode: Decode) -> Item:  # looked up at each call: replaceable
+    return to_item(raw, decode)
+
+
 class KafkaSource:
     def __init__(
         self,
@@ -54,33 +59,27 @@ class KafkaSource:
         backoff: tuple[float, float] = (1.0, 30.0),
         owns: Callable[[list[int]], list[int]] | None = None,
         workers: int = 1,
+        pool: DecodePool | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.cfg, self._backoff = cfg, backoff
         self._owns = owns  # a fixed share of partitions (assign), else the group decides
-        self._decode = decode
-        self._backoff = backoff
         self._outage = Outage(backoff)
         self._resume: Resume = lambda _p, _g: None
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode-worker")
-        self._raw: queue.Queue[tuple[Future[Item], int] | None] = queue.Queue()  # fetch order
+        self._pool = pool or ThreadPool(decode, workers, _to_item)  # or processes (pools.py)
+        self._raw: queue.Queue[tuple[Handle, int] | None] = queue.Queue()  # fetch order
         self._ready: queue.Queue[tuple[Item, int]] = queue.Queue()
         self._epochs: dict[Partition, int] = {}  # bumped when a partition leaves us
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._lock, self._stop = threading.Lock(), threading.Event()
         self._consumer: KafkaConsumer | None = None
         self.revocation: Revocation | None = None
         self._failure: str | None = None
         self.assigned: set[Partition] = set()
         self._highwater: dict[Partition, int] = {}
-        self._paused = False
-        self.rebalances = 0
+        self._paused, self.rebalances = False, 0
         self._last_poll: float | None = None
-        self._threads = [
-            threading.Thread(target=self._guarded(self._poll_loop), name="kafka-poll",
-                             daemon=True),
-            threading.Thread(target=self._guarded(self._decode_loop), name="decode",
-                             daemon=True),
-        ]  # fmt: skip
+        self._threads = [threading.Thread(target=self._guarded(loop), name=name, daemon=True)
+                         for loop, name in ((self._poll_loop, "kafka-poll"),
+                                            (self._decode_loop, "decode"))]  # fmt: skip
 
     # -- training thread -----------------------------------------------------------------
     def start(self, resume: Resume) -> None:
@@ -110,7 +109,8 @@ class KafkaSource:
         return self.revocation
 
     def commit(self, offsets: dict[Partition, int], metadata: str) -> bool:
-        """Commit next-offsets (a checkpoint's); False when the broker refuses or is away."""
+        """Commit next-offsets (a checkpoint's); False when the broker refuses or is away.
+        Safe from any thread (the training thread, or a checkpoint's writer thread)."""
         consumer = self._consumer
         if consumer is None or not offsets:
             return consumer is not None
@@ -135,7 +135,7 @@ class KafkaSource:
     def close(self) -> None:
         self._stop.set()
         self._raw.put(None)  # wakes the decode thread even if the poll thread died first
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=10)
@@ -207,7 +207,7 @@ class KafkaSource:
         detail = f"{type(error).__name__}: {error}"[:200]
         epoch = self._epochs.get((tp.topic, tp.partition), 0)
         refused = Item(raw, error=DecodeError("unreadable_record", detail))
-        self._submit(epoch, lambda: refused)  # behind the records fetched before it
+        self._submit(epoch, lambda: ready(refused))  # behind the records fetched before it
         consumer.seek(tp, offset + 1)  # the record stays in the topic; its DLQ entry says where
         return True
 
@@ -216,11 +216,11 @@ class KafkaSource:
         for r in records:
             raw = RawRecord(tp.topic, tp.partition, r.offset, r.value, r.key,
                             tuple(r.headers or ()), r.timestamp)  # fmt: skip
-            self._submit(epoch, to_item, raw, self._decode)
+            self._submit(epoch, lambda raw=raw: self._pool.submit(raw))
 
-    def _submit(self, epoch: int, fn, *args) -> None:
+    def _submit(self, epoch: int, handle: Callable[[], Handle]) -> None:
         try:
-            self._raw.put((self._pool.submit(fn, *args), epoch))
+            self._raw.put((handle(), epoch))
         except RuntimeError:  # closing: the pool is shut; nothing uncommitted is lost
             if not self._stop.is_set():
                 raise
@@ -280,9 +280,9 @@ class KafkaSource:
     def _decode_loop(self) -> None:
         """Items in fetch order; a worker's exception kills this thread (failing the source)."""
         while (entry := self._raw.get()) is not None:
-            future, epoch = entry
+            handle, epoch = entry
             try:
-                item = future.result()
+                item = self._pool.item(handle)  # PoolDead: processes that cannot decode
             except CancelledError:
                 if self._stop.is_set():
                     return  # closing: the pool dropped what was still queued

@@ -20,7 +20,7 @@ import dataclasses
 import heapq
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -127,19 +127,27 @@ class ReplayBuffer:
     def state_dict(self) -> dict[str, Any]:
         """Plain lists, numbers, strings, bytes and uint8 tensors (a `pixels` resident's, on the
         host): loadable with torch.load(weights_only=True)."""
+        return self.frozen(non_blocking=False)()
+
+    def frozen(self, non_blocking: bool = True) -> Callable[[], dict[str, Any]]:
+        """The state as of now, built later (on a checkpoint's writer thread): residents are
+        immutable, so holding them costs a list of references, whatever they hold. Pixels on
+        a device leave it in one copy, to pinned memory (`non_blocking`: the caller waits for
+        the stream before building)."""
         slots = sorted(self._items)
-        entries = [self._items[s][1] for s in slots]
-        return {
-            "capacity": self.capacity,
-            "max_bytes": self.max_bytes,
-            "seen": self._seen,
-            "tau": self._tau,
-            "keys": [self._items[s][0] for s in slots],
-            "items": [_item_state(e) for e in entries],
-            "pixels": [e.pixels.cpu() if isinstance(e, Pair) else None for e in entries],
-            "rng": _rng_state_to_list(self._rng.getstate()),
-            "key_rng": _rng_state_to_list(self._keys.getstate()),
-        }
+        held = [self._items[s] for s in slots]  # (key, entry) pairs, never changed in place
+        fixed = {"capacity": self.capacity, "max_bytes": self.max_bytes, "seen": self._seen,
+                 "tau": self._tau, "rng": _rng_state_to_list(self._rng.getstate()),
+                 "key_rng": _rng_state_to_list(self._keys.getstate())}  # fmt: skip
+        on_host = _to_host([entry for _, entry in held], non_blocking)
+
+        def build() -> dict[str, Any]:
+            entries = [entry for _, entry in held]
+            pixels = [_host_pixels(on_host, i, e) for i, e in enumerate(entries)]
+            return {**fixed, "keys": [key for key, _ in held], "pixels": pixels,
+                    "items": [_item_state(e) for e in entries]}  # fmt: skip
+
+        return build
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore; this buffer's own capacity and budget apply (a smaller one evicts)."""
@@ -163,8 +171,30 @@ class ReplayBuffer:
         self._enforce_budget()
 
 
+def _to_host(entries: list[Entry], non_blocking: bool) -> dict[int, torch.Tensor]:
+    """Residents' pixels held on a device, copied to the host in one transfer (not one
+    synchronising copy each): {index: host tensor}. Empty when none, or not all alike."""
+    rows = [i for i, e in enumerate(entries) if isinstance(e, Pair) and e.pixels.is_cuda]
+    kinds = {(entries[i].pixels.shape, entries[i].pixels.dtype) for i in rows}  # type: ignore[union-attr]
+    if not rows or len(kinds) != 1:
+        return {}
+    stacked = torch.stack([entries[i].pixels for i in rows])  # type: ignore[union-attr]
+    host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+    host.copy_(stacked, non_blocking=non_blocking)
+    return {i: host[n] for n, i in enumerate(rows)}  # .cpu() of a view: itself; cloned below
+
+
+def _host_pixels(on_host: dict[int, torch.Tensor], i: int, entry: Entry) -> torch.Tensor | None:
+    if not isinstance(entry, Pair):
+        return None
+    if i in on_host:
+        return on_host[i].clone()  # its own storage, not a view into the whole transfer
+    return entry.pixels.cpu()
+
+
 def _item_state(entry: Entry) -> dict[str, Any]:
-    item = dataclasses.asdict(sample_of(entry))
+    sample = sample_of(entry)  # its fields are strings, bytes and numbers: shared, not copied
+    item = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}
     if isinstance(entry, Pair):  # its image was dropped; b"" pickles as a global weights_only
         item["image"] = None  # refuses to load
     return item

@@ -105,9 +105,7 @@ class Daemon:
                 lock.acquire()  # held for the process's life; the kernel drops it on a kill
             self._become("restoring")
             self.persistence.restore()  # weights, optimizer, replay, evaluator, ledger
-            self.source = self.source or wiring.kafka_source(
-                self.settings, self.world, self.engine.decoder.decode
-            )
+            self.source = self.source or wiring.kafka_source(self.settings, self.world, self.engine)
             self.source.start(self.ledger.resume)  # the ledger says where partitions resume
             self._become("running")
             if self.publisher is not None:
@@ -126,6 +124,7 @@ class Daemon:
             log.error("stopping without committing", error=str(exc), reason=type(exc).__name__)
             return 1
         finally:
+            self.persistence.close()  # a write in flight finishes (its commit needs the source)
             if self.publisher is not None:
                 self.publisher.stop()
             self.refusals.close()
@@ -138,13 +137,16 @@ class Daemon:
     def _turn(self) -> bool:
         """One turn: take records, learn, hand over revoked partitions, checkpoint when due,
         reload a changed config. True when it is time to stop."""
+        if landed := self.persistence.poll():  # a background checkpoint (raises if it failed)
+            structlog.contextvars.bind_contextvars(checkpoint=landed)
         items = self.source.get(self.settings.learner.batch_size,
                                 self.settings.kafka.linger_ms / 1000)  # fmt: skip
         turn = self._agree(items)  # every rank decides the same, or collectives hang
         self._process(items, turn.train)  # dead-letter, hold out probes, train
         self._handle_revocation()  # partitions leaving: checkpoint and commit them first
         if turn.checkpoint:
-            self._checkpoint()
+            self._checkpoint(background=self.settings.checkpoint.background
+                             and not self.world.active)  # fmt: skip
         if turn.reload:
             self.reload()  # a changed config applies between steps, on every rank
         if self.publisher is not None and self.publisher.rollback_to is not None:
@@ -207,7 +209,7 @@ class Daemon:
                               self.persistence.restore)  # fmt: skip
         self.publisher.rolled_back(done)
 
-    def _checkpoint(self, extra: frozenset = frozenset()) -> str | None:
+    def _checkpoint(self, extra: frozenset = frozenset(), background: bool = False) -> str | None:
         learner = self.engine.learner
         meta = {
             "step": learner.steps,
@@ -218,6 +220,9 @@ class Daemon:
             # Paths absolute: `streamer explain` or `export` may read it from anywhere.
             "config": anchored(self.settings, Path.cwd()).model_dump(mode="json"),
         }  # secrets masked
+        if background:  # its id is bound once it has landed (see _turn)
+            self.persistence.begin(self.source, meta)
+            return None
         ckpt_id = self.persistence.save_and_commit(self.source, meta, extra)
         if ckpt_id is not None:  # None: postponed while dead letters wait for the broker
             structlog.contextvars.bind_contextvars(checkpoint=ckpt_id)

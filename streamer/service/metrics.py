@@ -173,6 +173,9 @@ class Metrics:
         self.ckpt_seconds = Histogram(f"{P}checkpoint_duration_seconds",
                                       "Time to write a checkpoint and commit.",
                                       buckets=STEP_BUCKETS, registry=r)  # fmt: skip
+        self.ckpt_snapshot_seconds = Histogram(
+            f"{P}checkpoint_snapshot_seconds", "Training-thread time to copy the state for a "
+            "background checkpoint.", buckets=STEP_BUCKETS, registry=r)  # fmt: skip
         for reason in REASONS:  # known label values start at 0, so rates and alerts see them
             self.invalid.labels(reason)
         for signal in DRIFT_SIGNALS:

@@ -9,11 +9,26 @@
 Dead letters held for an unreachable broker postpone the checkpoint (with back-off) instead
 of failing: training goes on, and nothing past them is written or committed until they are
 durable.
+
+In the background (`checkpoint.background`, one process): at the step boundary the training
+thread does step 1 and copies the state (`snapshot.detached`); a writer thread writes it
+(step 3) and then commits the offsets the copy holds (step 4): so a commit follows its own
+checkpoint as closely as it does in the foreground, and a stop or a crash in between leaves
+a durable checkpoint and older commits, never the reverse. The commit takes the source's
+lock (kafka-python 3 runs it on its IO loop), so it is as safe from the writer as from the
+training thread. The ledger is only touched on the training thread: it learns that the
+write landed at the next boundary (`poll`). One write at a time: a checkpoint falling due
+while one is in flight waits for the next boundary (no stall, and the data at risk grows by
+one write's time at most); a foreground checkpoint (stop, revocation, rollback) first waits
+for the one in flight.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -29,6 +44,27 @@ from streamer.state.checkpoint import Checkpointer, CheckpointError
 from streamer.state.ledger import Ledger
 
 log = structlog.get_logger(__name__)
+
+
+def _writer() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
+
+
+@dataclass(frozen=True)
+class Landed:
+    """What the writer thread did with one background checkpoint."""
+
+    written: snapshot.Written
+    committed: bool | None  # None: nothing to commit
+
+
+@dataclass(frozen=True)
+class InFlight:
+    future: Future[Landed]
+    held: dict[Partition, int]  # the ledger's offsets in the copy
+    offsets: dict[Partition, int]  # committed once durable: the owned part of `held`
+    step: Any
+    started: float
 
 
 class Persistence:
@@ -49,6 +85,8 @@ class Persistence:
         self.metrics = metrics
         self.last: str | None = None  # id of the last durable checkpoint
         self._hold = _Hold()  # postponed while dead letters wait for the broker
+        self._writer = _writer()
+        self._in_flight: InFlight | None = None
 
     def due(self) -> bool:
         steps = self.engine.learner.steps
@@ -60,9 +98,10 @@ class Persistence:
 
     def save_and_commit(
         self, source: Source | None, meta: dict[str, Any], extra: frozenset[Partition]
-    ) -> str:
+    ) -> str | None:
         """Steps 1-4 above; raises CheckpointError (nothing committed) if the write fails;
         None (nothing written or committed) while dead letters wait for the broker."""
+        self.settle()
         started = time.monotonic()
         try:
             ckpt_id = self._save(meta)
@@ -89,6 +128,96 @@ class Persistence:
                  offsets=self.ledger.shard()["offsets"])  # fmt: skip
         return ckpt_id
 
+    # -- in the background ---------------------------------------------------------------
+    def begin(self, source: Source | None, meta: dict[str, Any]) -> bool:
+        """Step 1 and a copy of the state here; write and commit on the writer thread.
+        False (nothing done) while the previous write is still in flight."""
+        if self._in_flight is not None:
+            return False
+        started = time.monotonic()
+        try:
+            shard, shared, ready = self._copy()
+        except DeadLettersPending as exc:  # as in the foreground: postponed, training goes on
+            self._hold.postpone(str(exc))
+            return False
+        self._hold.clear()
+        held = dict(self.ledger.offsets)
+        offsets = self.ledger.to_commit(source.stats().assigned) if source is not None else {}
+        lineage = self.ledger.lineage
+        future = self._writer.submit(self._write, source, shard, shared, meta, offsets, lineage,
+                                     ready)  # fmt: skip
+        self._in_flight = InFlight(future, held, offsets, meta.get("step"), started)
+        self.metrics.ckpt_snapshot_seconds.observe(time.monotonic() - started)
+        return True
+
+    def poll(self) -> str | None:
+        """At a step boundary: note a background write that landed (raises if it failed);
+        its id, or None."""
+        if self._in_flight is not None and self._in_flight.future.done():
+            self._land()
+            return self.last
+        return None
+
+    def settle(self) -> None:
+        """Wait for the write in flight, if any, and note it."""
+        if self._in_flight is not None:
+            self._land()
+
+    def close(self) -> None:
+        """Let a write in flight finish (a stop must not leave it half done); note nothing."""
+        self._writer.shutdown(wait=True)
+        self._writer = _writer()  # a daemon may run again (its thread starts on first use)
+        self._in_flight = None  # durable or not, a restart's restore finds what is there
+
+    def _write(self, source: Source | None, shard: snapshot.Shard, shared: snapshot.Shared,
+               meta: dict[str, Any], offsets: dict[Partition, int], lineage: str,
+               ready: Callable[[], None]) -> Landed:  # fmt: skip
+        try:
+            ready()  # the copies to host memory have landed
+            shard = {**shard, "replay": shard["replay"]()}  # type: ignore[operator,misc]
+            written = snapshot.write(self.checkpointer, [shard], shared, meta)
+        except Exception as exc:  # a surprise in serialising: this checkpoint only, loudly
+            written = snapshot.Written(None, f"{type(exc).__name__}: {exc}"[:300])
+        if written.error is not None or source is None or not offsets:
+            return Landed(written, None)
+        return Landed(written, source.commit(offsets, f"{written.id}@{lineage}"))
+
+    def _land(self) -> None:
+        flight, self._in_flight = self._in_flight, None
+        landed = flight.future.result()
+        if landed.written.error is not None:
+            self.metrics.ckpt_failures.inc()
+            raise CheckpointError(landed.written.error)
+        self.last = landed.written.id
+        self.ledger.checkpointed(flight.held)
+        if landed.committed:
+            self.ledger.note_commit(flight.offsets)
+        elif landed.committed is False:
+            self.ledger.count("commit_failures")
+            self.metrics.commit_failures.inc()
+        self.metrics.ckpt_seconds.observe(time.monotonic() - flight.started)
+        self.metrics.ckpt_last.set(time.time())
+        log.info("checkpoint", id=self.last, step=flight.step, background=True,
+                 offsets={f"{t}:{p}": o for (t, p), o in sorted(flight.held.items())})  # fmt: skip
+
+    # -- in the foreground ---------------------------------------------------------------
+    def _copy(self) -> tuple[snapshot.Shard, snapshot.Shared, Callable[[], None]]:
+        """Step 1, then the state as of this boundary, in memory training does not touch.
+        The replay's part is built on the writer thread (`ReplayBuffer.frozen`)."""
+        self.dead_letters.flush()
+        engine = self.engine
+        learner = engine.learner.state_dict()
+        weights, optimizer = learner.pop("weights"), learner.pop("optimizer")  # fresh copies
+        shard: snapshot.Shard = {
+            "learner": snapshot.detached(learner),
+            "replay": engine.replay.frozen(),  # type: ignore[typeddict-item]
+            "evaluator": snapshot.detached(engine.evaluator.state_dict()),
+            "ledger": self.ledger.shard(), "fingerprint": "",
+        }  # fmt: skip
+        shared = snapshot.Shared(snapshot.detached(weights, clone=False),
+                                 snapshot.detached(optimizer, clone=False))  # fmt: skip
+        return shard, shared, snapshot.host_ready(engine.model.device)
+
     def _save(self, meta: dict[str, Any]) -> str:
         held = None
         try:
@@ -114,6 +243,7 @@ class Persistence:
 
     def restore(self) -> str | None:
         """The newest usable checkpoint into engine and ledger; None: a fresh start."""
+        self.settle()
         skipped_before = self.checkpointer.skipped
         restored = snapshot.share_out(self.world, self.checkpointer, self._apply)
         skipped = self.checkpointer.skipped - skipped_before  # rank 0 reads; it counts

@@ -76,8 +76,13 @@ class Ledger:
     def touches(self, partitions: Iterable[Partition]) -> bool:
         return not self._dirty.isdisjoint(partitions)
 
-    def checkpointed(self) -> None:
-        self._dirty.clear()
+    def checkpointed(self, at: dict[Partition, int] | None = None) -> None:
+        """A checkpoint is durable. `at`: the offsets it holds (taken at an earlier step
+        boundary); a partition that advanced since stays dirty for the next one."""
+        if at is None:
+            self._dirty.clear()
+        else:
+            self._dirty = {p for p in self._dirty if self.offsets.get(p) != at.get(p)}
 
     # -- commits and resumption ----------------------------------------------------------
     def commit_metadata(self, checkpoint_id: str) -> str:

@@ -69,6 +69,34 @@ def write(
         return Written(None, str(exc))
 
 
+def detached(tree: Any, clone: bool = True) -> Any:
+    """A copy of a state tree that training can no longer change: containers rebuilt, tensors
+    on a device copied to host memory (pinned, asynchronously: wait on `host_ready` before
+    reading them), host tensors cloned unless `clone` is False (the replay's pixels, which
+    are never written in place). Numbers, strings and bytes are immutable: shared."""
+    if isinstance(tree, torch.Tensor):
+        if tree.device.type != "cpu":
+            host = torch.empty(tree.shape, dtype=tree.dtype, pin_memory=True)
+            return host.copy_(tree.detach(), non_blocking=True)
+        return tree.detach().clone() if clone else tree
+    if isinstance(tree, dict):
+        return {k: detached(v, clone) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [detached(v, clone) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(detached(v, clone) for v in tree)
+    return tree
+
+
+def host_ready(device: torch.device) -> Callable[[], None]:
+    """After `detached` on a CUDA device: a wait (for another thread) until its copies landed."""
+    if device.type != "cuda":
+        return lambda: None
+    event = torch.cuda.Event()
+    event.record()
+    return event.synchronize
+
+
 def fingerprint(weights: dict[str, torch.Tensor]) -> str:
     """A digest of trainable weights: equal on every rank, or the replicas diverged."""
     h = hashlib.blake2b(digest_size=16)
