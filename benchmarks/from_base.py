@@ -43,8 +43,10 @@ METHODS: dict[str, dict[str, Any]] = {
 # The bounds: the base untrained, and joint training (offline: every training sample of the
 # stream, shuffled, JOINT_EPOCHS times, one update per batch: as many updates as a streaming
 # run with 3 per batch; SIT, the same LoRA), the ceiling on the new data.
-BOUNDS = {"base": {}, "joint": {"learner": {"replay_per_step": 0, "steps_per_batch": 1},
-                                "replay": {"capacity": 0}}}
+BOUNDS = {
+    "base": {},
+    "joint": {"learner": {"replay_per_step": 0, "steps_per_batch": 1}, "replay": {"capacity": 0}},
+}
 JOINT_EPOCHS = 3
 _LOGITS = {"kind": "logits", "teacher": "base", "source": "manifest"}
 # One knob at a time, for the frontier (`--methods` picks any of them by name).

@@ -233,8 +233,7 @@ def test_logits_can_score_the_references_against_the_new_labels_too(digit_stream
         for s in refs:
             engine.replay.add(s)
         seen: list[list[str]] = []
-        encode = engine.model.encode_texts
-        engine.model.encode_texts = lambda t, *a, **k: seen.append(list(t)) or encode(t, *a, **k)
+        engine.model.encode_texts = _recording(engine.model.encode_texts, seen)
         pairs = [engine.to_pair(s) for s in others]
         assert float(_term(engine, pairs)) == pytest.approx(0.0, abs=1e-6)  # at the teacher
         scored[texts] = set(seen[0])
@@ -242,3 +241,13 @@ def test_logits_can_score_the_references_against_the_new_labels_too(digit_stream
     new = {s.prompt("a photo of a {label}.") for s in others}
     assert scored["reference"] == own
     assert scored["reference+batch"] == own | new and len(new - own) > 0
+
+
+def _recording(encode, seen: list[list[str]]):
+    """encode_texts that notes which texts it was asked for."""
+
+    def recorded(texts, *args, **kwargs):
+        seen.append(list(texts))
+        return encode(texts, *args, **kwargs)
+
+    return recorded
