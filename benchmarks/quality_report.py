@@ -126,19 +126,21 @@ def plot(results: list[dict[str, Any]], path: Path, chosen: str | None = None) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
     points = {}
-    for method in dict.fromkeys(r["method"] for r in results):
+    colours = plt.cm.tab20.colors
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in results)):
         rows = [r for r in results if r["method"] == method]
         (x, dx), (y, dy) = (mean_std([r["new_accuracy"] for r in rows]),
                             mean_std([r["retention"] for r in rows]))  # fmt: skip
         points[method] = (x, y)
         style = "s" if method in ("base", "joint") else "o"
-        ax.errorbar(x, y, xerr=dx, yerr=dy, fmt=style, capsize=3, label=method)
+        ax.errorbar(x, y, xerr=dx, yerr=dy, fmt=style, capsize=3, label=method,
+                    color=colours[i % len(colours)])  # fmt: skip
         if method == chosen:
             ax.plot(x, y, "o", markersize=16, markerfacecolor="none", color="red",
                     label=f"chosen default ({method})")  # fmt: skip
-    front = [m for m in frontier(points) if m not in ("base", "joint")]
+    front = frontier({m: p for m, p in points.items() if m not in ("base", "joint")})
     ax.plot([points[m][0] for m in front], [points[m][1] for m in front], "--", color="grey",
             linewidth=1, label="frontier (means, bounds aside)")  # fmt: skip
     ax.axhline(0, color="grey", linewidth=0.8)
@@ -150,7 +152,7 @@ def plot(results: list[dict[str, Any]], path: Path, chosen: str | None = None) -
     ax.set_ylabel("retention: reference accuracy now minus step 0")
     ax.set_title("Stability-plasticity (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="best", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
