@@ -109,7 +109,8 @@ def side_by_side(runs: list[RunResult]) -> str:
     ):  # fmt: skip
         rows.append((label, [get(r) for r in runs]))
     width = max(len(label) for label, _ in rows) + 2
-    cols = [max(len(r.name), 10) + 2 for r in runs]
+    cols = [max([len(r.name), 10] + [len(values[i]) for _, values in rows]) + 2
+            for i, r in enumerate(runs)]  # fmt: skip
     head = " " * width + "".join(f"{r.name:>{c}}" for r, c in zip(runs, cols, strict=True))
     lines = [head] + [f"{label:<{width}}" + "".join(f"{v:>{c}}" for v, c in
                       zip(values, cols, strict=True)) for label, values in rows]  # fmt: skip
