@@ -52,13 +52,15 @@ test: lint
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow and not integration and not quality"
 
-# The demo's base model (and its reference probes): trained once, then cached (about 3
-# minutes on 2 cores; delete .cache/base to rebuild). configs/base.yaml says how.
+# The demo's base model (its reference probes, and images of its domain to distil on):
+# trained once, then cached (about 3 minutes on 2 cores; delete .cache/base to rebuild; a
+# cache without distill.jsonl, from before it existed, is rebuilt). configs/base.yaml says how.
 BASE := .cache/base/base.safetensors
-$(BASE): configs/base.yaml $(STAMP)
+DISTILL := .cache/base/distill.jsonl
+$(BASE) $(DISTILL) &: configs/base.yaml $(STAMP)
 	$(BIN)/streamer pretrain --config configs/base.yaml --out .cache/base
 
-demo: $(STAMP) $(BASE)
+demo: $(STAMP) $(BASE) $(DISTILL)
 	$(BIN)/streamer demo --config configs/demo.yaml --out demo-out
 
 # The benchmarks at a 2-core CPU size (about 19 min); results in benchmarks/results/.

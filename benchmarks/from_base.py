@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import statistics
 import tempfile
 import time
@@ -39,6 +40,30 @@ METHODS: dict[str, dict[str, Any]] = {
     "asymmetric+replay": {"learner": {"loss": "asymmetric"}},
     "naive": {"learner": {"loss": "clip", "replay_per_step": 0}, "replay": {"capacity": 0}},
 }  # fmt: skip
+# The bounds: the base untrained, and joint training (offline: every training sample of the
+# stream, shuffled, JOINT_EPOCHS times, one update per batch: as many updates as a streaming
+# run with 3 per batch; SIT, the same LoRA), the ceiling on the new data.
+BOUNDS = {
+    "base": {},
+    "joint": {"learner": {"replay_per_step": 0, "steps_per_batch": 1}, "replay": {"capacity": 0}},
+}
+JOINT_EPOCHS = 3
+_LOGITS = {"kind": "logits", "teacher": "base", "source": "manifest"}
+# One knob at a time, for the frontier (`--methods` picks any of them by name).
+SWEEP: dict[str, dict[str, Any]] = {
+    **{f"l2(base) {w:g}": {"learner": {"regularizer": {"kind": "l2", "weight": w}}}
+       for w in (0.03, 0.1, 0.3, 1.0)},
+    **{f"logits(base) {w:g}": {"learner": {"regularizer": {**_LOGITS, "weight": w}}}
+       for w in (0.3, 1.0, 3.0)},
+    **{f"logits(base, +new labels) {w:g}": {"learner": {"regularizer": {
+        **_LOGITS, "weight": w, "texts": "reference+batch"}}} for w in (0.3, 1.0, 3.0, 10.0)},
+    **{f"WiSE-FT {a:g}": {"learner": {"serve": "wise", "wise_alpha": a}}
+       for a in (0.3, 0.5, 0.7)},
+    "text tower frozen": {"model": {"peft": {"towers": "image"}}},
+    "rank 16": {"model": {"peft": {"rank": 16, "alpha": 16.0}}},
+    "lr 3e-4": {"learner": {"lr": 3e-4}},
+}  # fmt: skip
+ALL = {**BOUNDS, **METHODS, **SWEEP}
 
 
 def settings(method: str, base: Path, distill: Path, seed: int, device: str) -> Settings:
@@ -50,7 +75,7 @@ def settings(method: str, base: Path, distill: Path, seed: int, device: str) -> 
         "evaluation": {"probe_fraction": 0.1, "probe_per_window": 100, "min_probes": 20,
                        "eval_every": 160},
     }  # fmt: skip
-    for section, fields in METHODS[method].items():
+    for section, fields in ALL[method].items():
         config[section] = _merge(config.get(section, {}), fields)
     reg = config["learner"].get("regularizer")
     if reg is not None and reg.get("source") == "manifest":
@@ -76,21 +101,58 @@ def run(method: str, base: Path, distill: Path, seed: int, device: str) -> dict[
     engine = build_engine(settings(method, base, distill, seed, device))
     engine.evaluator = _with_reference(engine, seed)
     steps: list[float] = []
-    run_stream(engine, digits_stream(seed), 32, lambda result, _: steps.append(result.seconds))
-    final = engine.evaluate()
+    stream = digits_stream(seed)
+    if method == "base":
+        final = _untrained(engine, stream)
+    else:
+        if method == "joint":  # i.i.d.: every epoch in its own seeded order
+            stream = [
+                s
+                for e in range(JOINT_EPOCHS)
+                for s in random.Random(f"joint-{seed}-{e}").sample(stream, len(stream))
+            ]
+        run_stream(engine, stream, 32, lambda result, _: steps.append(result.seconds))
+        final = engine.evaluate()
     stream_windows = [w for w in final.accuracy if w != "reference"]
     d = final.diagnosis
+    own_now, own_base = _reference_among_own_labels(engine)
     return {
-        "method": method, "seed": seed, "a_auc": final.a_auc, "a_last": final.a_last,
+        "method": method, "seed": seed, "a_auc": final.a_auc,
+        "a_last": statistics.mean(final.accuracy.values()) if method == "base" else final.a_last,
         "new_accuracy": statistics.mean(final.accuracy[w] for w in stream_windows)
         if stream_windows else math.nan,
         "average_forgetting": final.average_forgetting, "bwt": final.bwt,
-        "retention": final.retention.get("reference", math.nan),
+        "retention": 0.0 if method == "base" else final.retention.get("reference", math.nan),
         "reference": final.accuracy.get("reference", math.nan),
+        "retention_own_labels": own_now - own_base, "reference_own_labels": own_now,
         "deficit": d.deficit if d else math.nan, "lost": d.lost if d else math.nan,
         "blame": d.blame if d else None, "misaligned": final.misaligned,
+        "collapse": d.collapse if d else math.nan,
         "step_seconds": statistics.median(steps[2:]) if len(steps) > 2 else math.nan,
     }  # fmt: skip
+
+
+def _untrained(engine, stream: list[Sample]):
+    """The base's evaluation: the same probes held out, nothing trained, every label known."""
+    for sample in stream:
+        if engine.evaluator.is_probe(sample):
+            engine.evaluator.add_probe(sample)
+    labels = list(dict.fromkeys(s.prompt(engine.learner.cfg.prompt_template) for s in stream))
+    with engine.serving():
+        return engine.evaluator.evaluate(labels)
+
+
+def _reference_among_own_labels(engine) -> tuple[float, float]:
+    """Reference accuracy (served model, and base) with only the base's labels as candidates:
+    what the base's features still separate, without the new labels competing."""
+    evaluator = engine.evaluator
+    samples = evaluator.probes["reference"].items()
+    with engine.serving():
+        emb = evaluator.embeddings.embed(samples)
+        labels = list(dict.fromkeys(emb.texts))
+        now = evaluator.embeddings.hits(emb, labels, base=False)
+        base = evaluator.embeddings.hits(emb, labels, base=True)
+    return statistics.mean(now), statistics.mean(base)
 
 
 def _with_reference(engine, seed: int):
@@ -118,17 +180,24 @@ def distill_manifest(out: Path, seed: int, count: int = 500) -> Path:
 
 def main(args, write) -> None:
     """Every method on every seed, then step times side by side; `write(results, steps,
-    seconds)` renders them."""
+    seconds)` renders them. `args.bases`: a folder to keep the pretrained bases in (one per
+    seed, reused when there), else a temporary one."""
     results: list[dict[str, Any]] = []
     started = time.monotonic()
+    methods = args.methods or [*BOUNDS, *METHODS]
     with tempfile.TemporaryDirectory() as tmp:  # bases and distillation images: not results
+        folder = Path(getattr(args, "bases", None) or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            base = scenarios.pretrain(Path(tmp) / f"base-{seed}.safetensors", seed=seed)
+            base = folder / f"base-{seed}.safetensors"
+            if not base.exists():
+                scenarios.pretrain(base, seed=seed)
             distill = distill_manifest(Path(tmp), seed)
-            for method in args.methods or list(METHODS):
+            for method in methods:
                 results.append(run(method, base, distill, seed, args.device))
                 print(_line(results[-1], time.monotonic() - started), flush=True)
-        steps = step_times(args.methods or list(METHODS), base, distill)
+        trained = [m for m in methods if m != "base"]
+        steps = step_times(trained, base, distill) if getattr(args, "step_times", True) else {}
     write(results, steps, time.monotonic() - started)
 
 
@@ -154,6 +223,7 @@ def step_times(methods: list[str], base: Path, distill: Path, rounds: int = 15) 
 
 
 def _line(r: dict[str, Any], seconds: float) -> str:
-    return (f"from-base seed {r['seed']} {r['method']:18s} A_last {r['a_last']:.3f} retention "
-            f"{r['retention']:+.3f} deficit {r['deficit']:.3f} step {r['step_seconds']:.3f} s "
-            f"({seconds:.0f} s)")  # fmt: skip
+    return (f"from-base seed {r['seed']} {r['method']:18s} A_last {r['a_last']:.3f} new "
+            f"{r['new_accuracy']:.3f} retention {r['retention']:+.3f} (own labels "
+            f"{r['retention_own_labels']:+.3f}) deficit {r['deficit']:.3f} step "
+            f"{r['step_seconds']:.3f} s ({seconds:.0f} s)")  # fmt: skip

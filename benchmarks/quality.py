@@ -126,6 +126,23 @@ def main() -> None:
         help="scratch: Fashion-MNIST from random weights; from-base: "
         "strategies on digits from a pretrained base (from_base.py)",
     )
+    parser.add_argument(
+        "--bases",
+        type=Path,
+        default=None,
+        help="from-base: keep the pretrained bases here (reused when there)",
+    )
+    parser.add_argument(
+        "--no-step-times",
+        dest="step_times",
+        action="store_false",
+        help="from-base: skip the interleaved step-time measurement",
+    )
+    parser.add_argument(
+        "--name",
+        default="quality-from-base",
+        help="from-base: the results' file name (md, json, png)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))

@@ -181,3 +181,86 @@ def test_a_concept_the_base_never_aligned_is_deficit_but_carries_no_blame(base):
     assert d.alarm and all(c.both_recovery <= 0 for c in unlearned)
     assert 0.2 < d.lost < d.deficit - 0.1  # part of the deficit is lost, part never learned
     assert d.blame == "image" and d.image_blame > 0.5
+
+
+# -- the same cases over many worlds: 10 classes, few probes each, 50 seeds ------------------
+SEEDS = range(50)
+FEW = 5  # probes per class: chance recoveries are large, so the blame must not hang on them
+
+
+def _world(seed: int, per_class: int = FEW):
+    """A base (img0, txt0, texts) drawn from `seed`, and a generator for the moves on it."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    centres = F.normalize(torch.randn(CLASSES, D, generator=g), dim=1)
+    gap = 0.5 * F.normalize(torch.randn(D, generator=g), dim=0)
+    label = [c for c in range(CLASSES) for _ in range(per_class)]
+    txt0 = centres[label]
+    img0 = F.normalize(txt0 + 0.35 * torch.randn(len(label), D, generator=g) + gap, dim=1)
+    return img0, txt0, [f"a photo of a {c}" for c in label], g
+
+
+def _random_rotation(g: torch.Generator) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(D, D, generator=g))[0]
+
+
+def _diagnoses(move, per_class: int = FEW) -> list[alignment.Diagnosis]:
+    """move(img0, txt0, g) -> (img, txt), diagnosed against the base in every world."""
+    out = []
+    for seed in SEEDS:
+        img0, txt0, texts, g = _world(seed, per_class)
+        img, txt = move(img0, txt0, g)
+        out.append(alignment.diagnose(img, txt, img0, txt0, texts, threshold=THRESHOLD))
+    return out
+
+
+def test_two_towers_rotated_differently_blame_both_in_every_world():
+    found = _diagnoses(lambda i, t, g: (i @ _random_rotation(g), t @ _random_rotation(g)))
+    assert [d.blame for d in found] == ["both"] * len(SEEDS)
+    # restoring both recovers clearly more than restoring either one
+    assert all(d.both_blame - max(d.image_blame, d.text_blame) >= 0.1 for d in found)
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_one_tower_rotated_blames_that_tower_in_every_world(tower):
+    def move(i, t, g):
+        r = _random_rotation(g)
+        return (i @ r, t) if tower == "image" else (i, t @ r)
+
+    found = _diagnoses(move)
+    assert all(d.alarm for d in found) and [d.blame for d in found] == [tower] * len(SEEDS)
+
+
+def test_a_shared_rotation_stays_aligned_in_every_world():
+    def move(i, t, g):
+        r = _random_rotation(g)
+        return i @ r, t @ r
+
+    found = _diagnoses(move)
+    assert [(d.alarm, d.blame, d.collapsed) for d in found] == [(False, "none", False)] * 50
+
+
+def test_the_image_tower_moved_onto_its_texts_stays_aligned_in_every_world():
+    found = _diagnoses(lambda i, t, g: (F.normalize(t + 0.2 * torch.randn(t.shape, generator=g),
+                                                    dim=1), t))  # fmt: skip
+    assert [(d.alarm, d.blame, d.collapsed) for d in found] == [(False, "none", False)] * 50
+
+
+def test_a_collapsing_image_tower_is_flagged_though_the_deficit_cannot_see_it():
+    """All images shrunk toward one point plus noise: R@1 near chance, and the images' own
+    separability falls with it, so the deficit stays low; the collapse signal fires."""
+
+    def move(i, t, g):
+        point = F.normalize(torch.randn(D, generator=g), dim=0)
+        return F.normalize(point + 0.05 * i + 0.05 * torch.randn(i.shape, generator=g), dim=1), t
+
+    found = _diagnoses(move, PER_CLASS)  # 20 a class: the base's kNN separates well
+    assert all(d.collapsed and d.collapse > 0.3 for d in found)
+    assert all(d.swap.now.accuracy <= 0.3 for d in found)  # cross-modal: near chance (0.1)
+    assert not any(d.alarm for d in found)  # the misalignment alarm alone would miss it
+
+
+def test_a_healthy_tower_has_no_collapse(base):
+    img0, txt0, _ = base
+    d = _diagnose(base, img0, txt0)
+    assert d.separable_base == pytest.approx(d.separable) and d.collapse == 0.0
+    assert not d.collapsed

@@ -21,6 +21,7 @@ def test_explain_prints_the_diagnosis_and_the_blocks_of_a_daemons_checkpoint(
     out = out[out.index("ckpt-0") :]  # after the daemon's own log lines
     assert "step 0" in out and "alignment deficit" in out
     assert "tower swap accuracy" in out and "all classes, largest deficit first" in out
+    assert "image tower: images alone separate" in out and "collapsed" in out
     assert "blocks (tower block" in out and "image 0:" in out and "text 0:" in out
 
 

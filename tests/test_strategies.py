@@ -218,3 +218,36 @@ def test_recent_and_reservoir_keeps_the_recent_share_for_the_current_window():
     again = build_replay(cfg, 0, _window)
     again.load_state_dict(replay.state_dict())
     assert sorted(s.id for s in again.items()) == sorted(s.id for s in replay.items())
+
+
+def test_logits_can_score_the_references_against_the_new_labels_too(digit_stream):
+    """texts reference+batch: the reference images are scored against their own labels and
+    the step's (the new labels), so the base's preference for its own labels is what is kept."""
+    first = digit_stream[0].label
+    refs = [s for s in digit_stream if s.label == first][:8]
+    others = [s for s in digit_stream if s.label != first][:16]
+    scored = {}
+    for texts in ("reference", "reference+batch"):
+        engine = _engine(regularizer={"kind": "logits", "teacher": "base", "texts": texts},
+                         replay_per_step=8)  # fmt: skip
+        for s in refs:
+            engine.replay.add(s)
+        seen: list[list[str]] = []
+        engine.model.encode_texts = _recording(engine.model.encode_texts, seen)
+        pairs = [engine.to_pair(s) for s in others]
+        assert float(_term(engine, pairs)) == pytest.approx(0.0, abs=1e-6)  # at the teacher
+        scored[texts] = set(seen[0])
+    own = {s.prompt("a photo of a {label}.") for s in refs}
+    new = {s.prompt("a photo of a {label}.") for s in others}
+    assert scored["reference"] == own
+    assert scored["reference+batch"] == own | new and len(new - own) > 0
+
+
+def _recording(encode, seen: list[list[str]]):
+    """encode_texts that notes which texts it was asked for."""
+
+    def recorded(texts, *args, **kwargs):
+        seen.append(list(texts))
+        return encode(texts, *args, **kwargs)
+
+    return recorded

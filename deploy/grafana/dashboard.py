@@ -260,7 +260,12 @@ ROWS = {
         ),
         ts(
             "Image separability (kNN of the images alone)",
-            [(f"streamer_quality_image_separability_ratio{{{SEL}}}", "kNN top-1")],
+            [
+                (f"streamer_quality_image_separability_ratio{{{SEL}}}", "kNN top-1"),
+                (f"streamer_quality_image_separability_base_ratio{{{SEL}}}", "the base's"),
+                (f"streamer_quality_image_collapse_ratio{{{SEL}}}", "lost (collapse)"),
+                (f"streamer_quality_image_collapse_threshold{{{SEL}}}", "collapse threshold"),
+            ],
             "percentunit",
         ),
         ts(

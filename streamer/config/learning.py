@@ -244,6 +244,14 @@ class EvaluationConfig(Section):
         description="Accuracy that swapping one tower back to the base must recover, and lead "
         "the other tower's recovery by, for the blame to name that tower.",
     )
+    collapse_threshold: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Image-tower collapse: separability (leave-one-out kNN of the probe images "
+        "by class) lost against the base's on the same probes, above which the tower counts as "
+        "collapsed, whether or not alignment falls with it: alert StreamerImageTowerCollapsed.",
+    )
     attribution_every: int = Field(
         10,
         ge=0,

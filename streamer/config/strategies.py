@@ -45,6 +45,13 @@ class RegularizerConfig(Section):
         "reference_manifest, or retention measures what was trained on.",
     )
     batch: int = Field(32, ge=1, le=4096, description="logits: reference pairs per update.")
+    texts: Literal["reference", "reference+batch"] = Field(
+        "reference",
+        description="logits: the texts the reference images are scored against. reference: "
+        "their own labels; reference+batch: those and the step's texts (the new labels), so "
+        "the base's preference of its images for its own labels over the new ones is kept "
+        "(ZSCL scores against a large vocabulary for the same reason).",
+    )
 
     @model_validator(mode="after")
     def _manifest_when_needed(self) -> RegularizerConfig:

@@ -14,11 +14,10 @@ from pathlib import Path
 import structlog
 
 from streamer.config import Settings
-from streamer.dev import datasets
+from streamer.dev import compare, datasets
 from streamer.dev.broker import EmbeddedBroker, free_port
 from streamer.dev.produce import publish
 from streamer.dev.report import progress_line, summary_table, write_summary
-from streamer.evaluation.evaluate import EvalReport
 from streamer.service.daemon import Daemon
 from streamer.service.pipeline import Outcome
 
@@ -34,7 +33,9 @@ def with_fallback_dataset(settings: Settings) -> Settings:
     return settings
 
 
-def run_demo(settings: Settings, out: Path, every: int = 10) -> int:
+def run_demo(settings: Settings, out: Path, every: int = 10, compare_plain: bool = True) -> int:
+    """The daemon (the config's recipe) on the embedded broker, then, unless `compare_plain`
+    is off, plain fine-tuning on the same stream; both side by side."""
     settings = with_fallback_dataset(settings)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # each demo starts from scratch
@@ -72,8 +73,16 @@ def run_demo(settings: Settings, out: Path, every: int = 10) -> int:
     print(f"\n{counts['trained']} trained, {counts['probes']} probes in {seconds:.0f} s "
           f"({counts['trained'] / seconds:.1f} samples/s); "
           f"last checkpoint {daemon.persistence.last}")  # fmt: skip
-    write_summary(out, daemon.engine.evaluator.matrix, final, seconds)
-    plot_accuracy(history, final, out / "accuracy.png")
+    runs = [compare.finish(compare.RunResult("streamer", final, history), daemon.engine)]
+    if compare_plain:
+        print("\nThe same stream, plain fine-tuning (CLIP loss, no replay), in process ...")
+        runs.append(compare.run_in_process("fine-tuning", compare.plain_finetuning(settings),
+                                           samples))  # fmt: skip
+    print("\n" + compare.side_by_side(runs))
+    write_summary(out, daemon.engine.evaluator.matrix, final, seconds,
+                  {r.name: compare.figures(r) for r in runs})  # fmt: skip
+    starts = compare.task_starts(samples, daemon.engine.evaluator.is_probe)
+    compare.plot(runs, starts, out / "accuracy.png")
     print(f"summary: {out}/summary.txt  plot: {out}/accuracy.png")
     return code
 
@@ -95,27 +104,3 @@ def _port(preferred: int) -> int:
             return preferred
         except OSError:
             return free_port()
-
-
-def plot_accuracy(history: list[tuple[int, dict[str, float]]], final: EvalReport, path: Path):
-    """Probe accuracy of each window against samples trained: learning and forgetting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    windows = list(dict.fromkeys(w for _, accuracy in history for w in accuracy))
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    for window in windows:
-        points = [(n, a[window]) for n, a in history if window in a]
-        ax.plot([n for n, _ in points], [100 * a for _, a in points], marker=".", label=window)
-    ax.set_xlabel("samples trained")
-    ax.set_ylabel("probe accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"Accuracy per window over time (A_last {100 * final.a_last:.0f}%, "
-                 f"A_auc {100 * final.a_auc:.0f}%)")  # fmt: skip
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

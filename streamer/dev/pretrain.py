@@ -8,7 +8,10 @@ on the config's dataset stream, offline, and writes into the output directory:
 - `base.json`: what made it (arch, dataset, samples, seed, lr, versions) and its sha256;
 - `reference/` and `reference.jsonl`: held-out images of the base's own domain (the
   dataset's test split), a manifest for `evaluation.reference_manifest`, so a run reports
-  how much of what the base knew it retains.
+  how much of what the base knew it retains;
+- `distill/` and `distill.jsonl`: other images of that split (none of the reference's), for
+  `learner.regularizer.manifest`: data of the base's domain to distil on (ZSCL's), kept
+  apart from the reference so that retention measures what was not trained on.
 
 Deterministic for a given config, seed and torch build. A production user points
 `model.pretrained` at an open_clip tag instead.
@@ -30,6 +33,7 @@ from streamer.dev import datasets
 from streamer.service.pipeline import build_engine, run_stream
 
 WEIGHTS, CARD, REFERENCE = "base.safetensors", "base.json", "reference.jsonl"
+DISTILL = 500  # images of the base's domain in distill.jsonl
 
 
 def base_settings(settings: Settings) -> Settings:
@@ -58,6 +62,7 @@ def pretrain(settings: Settings, out: Path, epochs: int = 1, reference: int = 30
     weights = out / WEIGHTS
     engine.model.save_merged(weights)
     write_reference(settings, out, reference)
+    write_reference(settings, out, DISTILL, name="distill", skip=reference)
     card = {
         "arch": settings.model.arch, "dataset": settings.stream.dataset,
         "split": settings.stream.split, "samples": len(samples), "epochs": epochs,
@@ -71,20 +76,23 @@ def pretrain(settings: Settings, out: Path, epochs: int = 1, reference: int = 30
     return weights
 
 
-def write_reference(settings: Settings, out: Path, count: int) -> Path:
-    """`count` images of the dataset's other split, as files and a JSONL manifest."""
+def write_reference(
+    settings: Settings, out: Path, count: int, name: str = "reference", skip: int = 0
+) -> Path:
+    """`count` images of the dataset's other split (past the first `skip` of its seeded
+    order), as files under `name/` and the manifest `name.jsonl`."""
     split = "test" if settings.stream.split == "train" else "train"
     cfg = settings.stream.model_copy(update={"split": split, "per_class": None, "tasks": 1})
     items = datasets.load(cfg)
     random.Random(settings.stream.seed).shuffle(items)
-    folder = out / "reference"
+    folder = out / name
     folder.mkdir(exist_ok=True)
     lines = []
-    for item in items[:count]:
-        name = f"{item.key}.png"
-        (folder / name).write_bytes(item.encode("PNG"))
-        lines.append(json.dumps({"image": f"reference/{name}", "label": item.label}))
-    manifest = out / REFERENCE
+    for item in items[skip : skip + count]:
+        file = f"{item.key}.png"
+        (folder / file).write_bytes(item.encode("PNG"))
+        lines.append(json.dumps({"image": f"{name}/{file}", "label": item.label}))
+    manifest = out / f"{name}.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
 

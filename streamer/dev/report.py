@@ -29,8 +29,12 @@ def progress_line(result: StepResult, samples: int, rate: float, report: EvalRep
     return line
 
 
-def write_summary(out: Path, matrix: AccuracyMatrix, final: EvalReport, seconds: float) -> None:
+def write_summary(
+    out: Path, matrix: AccuracyMatrix, final: EvalReport, seconds: float,
+    comparison: dict[str, dict] | None = None,
+) -> None:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    data = {"final": asdict(final), "matrix": matrix.state_dict(), "wall_seconds": seconds}
+    data = {"final": asdict(final), "matrix": matrix.state_dict(), "wall_seconds": seconds,
+            "comparison": comparison or {}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(data, indent=2, default=str))
     (out / "summary.txt").write_text(summary_table(matrix, final) + "\n")

@@ -11,7 +11,9 @@ tower moving (a tower may move onto its texts and stay aligned). The diagnosis t
   embeddings alone separate (leave-one-out kNN by text), per class, clamped at 0, averaged
   over classes: in [0, 1], about the model now, so it does not grow through a long run;
 - the *tower swap*: accuracy with each tower swapped back to the base; a tower's blame is what
-  that swap recovers on the classes in deficit.
+  that swap recovers on the classes in deficit;
+- the *collapse*, which the deficit cannot see (cross-modal accuracy and the images' own
+  separability fall together): the kNN separability the image tower lost against the base's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 Blame = Literal["image", "text", "both", "none"]
 KNN_K = 5  # neighbours of the leave-one-out image classifier
 BLAME_MARGIN = 0.1  # recovery (accuracy) a swap must bring, and lead the other tower's by
+COLLAPSE_THRESHOLD = 0.2  # separability lost (kNN top-1, base minus now) that counts as collapse
 
 
 def matched_cosine(img: torch.Tensor, txt: torch.Tensor) -> float:
@@ -143,6 +146,9 @@ class Diagnosis:
     both_blame: float
     alarm: bool  # deficit above the threshold
     blame: Blame  # "none" without an alarm, or when no swap recovers the margin
+    separable_base: float  # the same kNN accuracy on the base's image embeddings
+    collapse: float  # max(0, separable_base - separable): the image tower's own structure lost
+    collapsed: bool  # collapse above its threshold, whatever the deficit says
     by_class: tuple[ClassAlignment, ...]  # every judged class, largest deficit first
 
     def top(self, k: int) -> tuple[ClassAlignment, ...]:
@@ -160,8 +166,7 @@ def top1_hits(
 def knn_hits(img: torch.Tensor, index: torch.Tensor, k: int = KNN_K) -> torch.Tensor:
     """Leave-one-out kNN by class [N] bool: do the k nearest other images vote for its class?
     Ties go to the class of the nearer neighbours."""
-    n = img.shape[0]
-    k = min(k, n - 1)
+    n, k = img.shape[0], min(k, img.shape[0] - 1)
     if k < 1:
         return torch.zeros(n, dtype=torch.bool)
     sim = img @ img.t()  # [N, N]
@@ -192,8 +197,12 @@ def _per_class(texts, index, knn, now, swapped) -> list[ClassAlignment]:
 
 
 def _blame(image: float, text: float, both: float, alarm: bool, margin: float) -> Blame:
+    """Both towers when restoring both clearly beats restoring either (two moves that each
+    break the match alone: one swap recovers only chance); else the tower whose swap leads."""
     if not alarm:
         return "none"
+    if both >= margin and both - max(image, text) >= margin:
+        return "both"
     if image >= margin and image - text >= margin:
         return "image"
     if text >= margin and text - image >= margin:
@@ -216,6 +225,7 @@ def _weighted(classes: Sequence[ClassAlignment], recovery) -> float:
 def diagnose(
     img: torch.Tensor, txt: torch.Tensor, img0: torch.Tensor, txt0: torch.Tensor,
     texts: Sequence[str], threshold: float, margin: float = BLAME_MARGIN, k: int = KNN_K,
+    collapse_threshold: float = COLLAPSE_THRESHOLD,
 ) -> Diagnosis:  # fmt: skip
     """Which tower, if any, broke the image-text match: img, txt, img0, txt0 [N, D]."""
     index, first = text_index(texts)
@@ -231,6 +241,8 @@ def diagnose(
     both = _weighted(lost, lambda c: c.both_recovery)
     n = max(len(classes), 1)
     deficit = sum(c.deficit for c in classes) / n  # [0, 1]
+    separable = sum(c.separable for c in classes) / n
+    separable_base = _class_mean(knn_hits(img0, index, k), index)
     alarm = deficit > threshold
     swap = TowerSwap(
         now=_retrieval(img, txt, texts, now),
@@ -240,11 +252,18 @@ def diagnose(
     )
     return Diagnosis(
         probes=len(texts), classes=len(classes), swap=swap,
-        separable=sum(c.separable for c in classes) / n, deficit=deficit,
-        lost=sum(c.deficit for c in lost) / n, image_blame=image, text_blame=text,
-        both_blame=both, alarm=alarm, blame=_blame(image, text, both, alarm, margin),
-        by_class=tuple(classes),
+        separable=separable, deficit=deficit, lost=sum(c.deficit for c in lost) / n,
+        image_blame=image, text_blame=text, both_blame=both, alarm=alarm,
+        blame=_blame(image, text, both, alarm, margin), separable_base=separable_base,
+        collapse=max(0.0, separable_base - separable),
+        collapsed=separable_base - separable > collapse_threshold, by_class=tuple(classes),
     )  # fmt: skip
+
+
+def _class_mean(hits: torch.Tensor, index: torch.Tensor) -> float:
+    """Mean of hits [N] over the judged classes (two probes or more)."""
+    means = [_mean(hits[index == u]) for u in index.unique() if int((index == u).sum()) > 1]
+    return sum(means) / max(len(means), 1)
 
 
 def _retrieval(img, txt, texts, hits) -> Retrieval:

@@ -225,9 +225,9 @@ class Evaluator:
     def _diagnose(self, emb: Embedded) -> Diagnosis:
         cfg = self.cfg
         margin, k = cfg.blame_margin, cfg.knn_k
-        diagnosis = alignment.diagnose(
-            emb.img, emb.txt, emb.img0, emb.txt0, emb.texts, cfg.misalignment_threshold, margin, k
-        )
+        diagnosis = alignment.diagnose(emb.img, emb.txt, emb.img0, emb.txt0, emb.texts,
+                                       cfg.misalignment_threshold, margin, k,
+                                       cfg.collapse_threshold)  # fmt: skip
         self.hold(diagnosis.deficit)
         self.diagnosis = diagnosis
         return diagnosis

@@ -57,7 +57,7 @@ class Regularizer:
         elif self.cfg.kind == "structure":
             value = self._structure(pixels, img, prompts, scale)
         else:
-            value = self._logits(scale)
+            value = self._logits(scale, prompts if self.cfg.texts == "reference+batch" else [])
         return self.cfg.weight * value
 
     def _structure(self, pixels, img, prompts, scale) -> torch.Tensor:
@@ -69,11 +69,13 @@ class Regularizer:
         target = target.to(img.device)
         return losses.structure(img, txt, target, img_t, txt_t, scale / self.cfg.temperature)
 
-    def _logits(self, scale: torch.Tensor) -> torch.Tensor:
+    def _logits(self, scale: torch.Tensor, extra: list[str]) -> torch.Tensor:
+        """extra: texts scored beside the reference pairs' own (the step's: new labels)."""
         pairs = self._references(self.cfg.batch, self._rng) if self._references else []
         if not pairs:
             return scale * 0.0  # nothing to distil on yet: a zero with a gradient path
-        texts, _ = losses.unique_targets([p.sample.prompt(self._template) for p in pairs])
+        own = [p.sample.prompt(self._template) for p in pairs]
+        texts, _ = losses.unique_targets(own + extra)
         pixels = self.model.stack_pixels([p.pixels for p in pairs])
         student = scale * self.model.encode_images(pixels) @ self.model.encode_texts(texts).t()
         with self.teachers.view(self.cfg.teacher) as net:

@@ -71,11 +71,21 @@ def diagnosis_lines(d: Diagnosis, misaligned: bool) -> list[str]:
         f"{100 * s.image_base.accuracy:.0f}%   text back to base {100 * s.text_base.accuracy:.0f}%"
         f"   both (base) {100 * s.base.accuracy:.0f}%",
     ]
+    lines.append(collapse_line(d))
     lost = d.top(TOP_CLASSES)
     if lost:
         lines.append("classes that lost alignment: " + ", ".join(
             f"{c.text!r} {c.deficit:.2f}" for c in lost))  # fmt: skip
     return lines
+
+
+def collapse_line(d: Diagnosis) -> str:
+    """The image tower's own structure against the base's: a collapse the deficit hides."""
+    verdict = "COLLAPSED" if d.collapsed else "not collapsed"
+    return (
+        f"image tower: images alone separate {100 * d.separable:.0f}% (base "
+        f"{100 * d.separable_base:.0f}%), lost {100 * d.collapse:.0f} points   {verdict}"
+    )
 
 
 def _status(d: Diagnosis, misaligned: bool) -> str:

@@ -63,6 +63,13 @@ GAUGES = {
                      "The part of the deficit a tower swapped back to the base recovers."),
     "separable": ("quality_image_separability_ratio",
                   "Leave-one-out kNN top-1 of probe images by class."),
+    "separable_base": ("quality_image_separability_base_ratio",
+                       "The same kNN top-1 on the base model's embeddings of the same probes."),
+    "collapse": ("quality_image_collapse_ratio",
+                 "Image separability lost against the base (base minus now, at least 0)."),
+    "collapse_threshold": ("quality_image_collapse_threshold",
+                           "Separability lost that counts as a collapsed image tower (config)."),
+    "collapsed": ("quality_image_collapsed", "1 while the collapse is over its threshold."),
     "misaligned": ("quality_misaligned",
                    "1 while the deficit has stayed over the threshold for the window."),
     "retention": ("quality_retention_ratio", "Reference accuracy now minus at step 0."),
@@ -138,6 +145,10 @@ class Metrics:
     deficit: Gauge
     deficit_lost: Gauge
     separable: Gauge
+    separable_base: Gauge
+    collapse: Gauge
+    collapse_threshold: Gauge
+    collapsed: Gauge
     misaligned: Gauge
     retention: Gauge
     forward_transfer: Gauge
@@ -239,6 +250,9 @@ class Metrics:
         self.deficit.set(d.deficit)
         self.deficit_lost.set(d.lost)
         self.separable.set(d.separable)
+        self.separable_base.set(d.separable_base)
+        self.collapse.set(d.collapse)
+        self.collapsed.set(d.collapsed)
         for (image, text), retrieval in (
             (("now", "now"), d.swap.now), (("now", "base"), d.swap.text_base),
             (("base", "now"), d.swap.image_base), (("base", "base"), d.swap.base),
@@ -268,6 +282,7 @@ class Metrics:
             "loss": learner.loss, "peft": model.peft.mode, "towers": model.peft.towers,
         })  # fmt: skip
         self.misalignment_threshold.set(settings.evaluation.misalignment_threshold)
+        self.collapse_threshold.set(settings.evaluation.collapse_threshold)
         self.reload_ok.set(1)
         self.reload_time.set(time.time())
         self.config.info({"hash": config_hash(settings)})

@@ -29,7 +29,7 @@ LIVE_FIELDS = (
     "evaluation.eval_every", "evaluation.detectors",
     "evaluation.misalignment_threshold", "evaluation.misalignment_window",
     "evaluation.min_probes", "evaluation.min_class_probes", "evaluation.blame_margin",
-    "evaluation.knn_k", "evaluation.attribution_every",
+    "evaluation.collapse_threshold", "evaluation.knn_k", "evaluation.attribution_every",
     "checkpoint.every_steps", "checkpoint.every_seconds", "checkpoint.keep",
     "logging.level", "logging.record_error_interval_seconds",
     "dead_letter.max_share", "dead_letter.window", "metrics.stall_seconds",

@@ -11,7 +11,9 @@ from streamer.cli import main
 
 
 @pytest.mark.slow
-def test_demo_streams_through_the_embedded_broker_and_writes_summary_and_plot(tmp_path, capsys):
+def test_demo_streams_through_the_embedded_broker_and_compares_with_plain_finetuning(
+    tmp_path, capsys
+):
     config = tmp_path / "demo.yaml"
     config.write_text(
         "model: {arch: streamer-tiny}\n"
@@ -25,7 +27,13 @@ def test_demo_streams_through_the_embedded_broker_and_writes_summary_and_plot(tm
     assert main(["demo", "--config", str(config), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "A_last" in printed and "probe acc" in printed
+    # the recipe and plain fine-tuning on the same stream, side by side
+    table = printed[printed.index("new-data accuracy") - 400 :]
+    assert "streamer" in table and "fine-tuning" in table and "average forgetting" in table
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["final"]["accuracy"]) == {"task-0", "task-1", "task-2"}
+    runs = summary["comparison"]
+    assert set(runs) == {"streamer", "fine-tuning"}
+    assert all(0 <= r["new_accuracy"] <= 1 and 0 < r["chance"] < 1 for r in runs.values())
     assert Image.open(out / "accuracy.png").size[0] > 500
     assert (out / "checkpoints").is_dir()
