@@ -8,8 +8,11 @@ saving a checkpoint costs no evaluation. NaN (nothing measured yet) is written a
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, TypedDict
 
+from streamer.config import Settings, config_hash
+from streamer.config.checks import anchored
 from streamer.evaluation.evaluate import REFERENCE, Evaluator
 
 LATEST_WINDOWS = 5  # windows most recently trained on, newest last
@@ -40,6 +43,14 @@ class Quality(TypedDict):
     latest_windows: list[str]  # the windows trained on most recently, newest last
     misalignment: Misalignment
     skipped_nonfinite: int  # optimizer steps skipped for a non-finite loss, since the start
+
+
+def checkpoint_meta(settings: Settings, evaluator: Evaluator, step: int, skipped: int) -> dict:
+    """What a checkpoint's meta.json says of the model: step, quality, the config (secrets
+    masked; paths absolute, as `streamer explain` or `export` may read it from anywhere)."""
+    return {"step": step, "quality": figures(evaluator, step, skipped),
+            "config_hash": config_hash(settings),
+            "config": anchored(settings, Path.cwd()).model_dump(mode="json")}  # fmt: skip
 
 
 def figures(evaluator: Evaluator, step: int, skipped_nonfinite: int) -> Quality:

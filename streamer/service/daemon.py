@@ -10,13 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from streamer.config import Settings, config_hash
-from streamer.config.checks import anchored
+from streamer.config import Settings
 from streamer.evaluation import quality
 from streamer.intake.manifest import ManifestError
 from streamer.intake.sink import DeadLetterError, DeadLetterSink, KafkaDeadLetters
@@ -211,15 +209,8 @@ class Daemon:
 
     def _checkpoint(self, extra: frozenset = frozenset(), background: bool = False) -> str | None:
         learner = self.engine.learner
-        meta = {
-            "step": learner.steps,
-            "quality": quality.figures(
-                self.engine.evaluator, learner.steps, learner.skipped_nonfinite
-            ),
-            "config_hash": config_hash(self.settings),
-            # Paths absolute: `streamer explain` or `export` may read it from anywhere.
-            "config": anchored(self.settings, Path.cwd()).model_dump(mode="json"),
-        }  # secrets masked
+        meta = quality.checkpoint_meta(self.settings, self.engine.evaluator, learner.steps,
+                                       learner.skipped_nonfinite)  # fmt: skip
         if background:  # its id is bound once it has landed (see _turn)
             self.persistence.begin(self.source, meta)
             return None
