@@ -75,6 +75,21 @@ def test_frozen_weights_in_bf16_serve_close_to_fp32_and_export_in_fp32():
     merged = merged_state_dict(model.net)
     assert all(v.dtype == torch.float32 for v in merged.values() if v.is_floating_point())
     assert not any(p.requires_grad and p.dtype != torch.float32 for p in model.net.parameters())
+    # CUDA's layer norm wants its parameters in its input's dtype: frozen ones are stored so
+    norms = [m for m in model.net.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.weight.dtype == torch.bfloat16 for m in norms)
+
+
+def test_an_optimizer_state_from_before_fused_adamw_resumes(digit_stream):
+    engine = build_engine(tiny_settings())
+    pairs = [engine.to_pair(s) for s in digit_stream[:32]]
+    engine.learner.step(pairs[:16])
+    state = engine.learner.state_dict()
+    for group in state["optimizer"]["param_groups"]:
+        group.update(fused=None, foreach=None)  # as a non-fused AdamW saved it
+    resumed = build_engine(tiny_settings())
+    resumed.learner.load_state_dict(state)
+    assert resumed.learner.step(pairs[16:]).updates == resumed.learner.cfg.steps_per_batch
 
 
 class _Count(TorchDispatchMode):

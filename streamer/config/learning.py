@@ -108,9 +108,9 @@ class LearnerConfig(Section):
     seed: int = Field(0, description="Seed for torch (LoRA init, dropout).")
     compile: Literal["auto", "off", "on", "reduce-overhead"] = Field(
         "auto",
-        description="torch.compile the image and text towers: on (inductor), reduce-overhead "
-        "(inductor with CUDA graphs; CUDA only), off, or auto = on with CUDA, off on a CPU "
-        "(where it measured slower). The first steps pay the compilation; restart needed.",
+        description="torch.compile each transformer block: on (inductor), reduce-overhead "
+        "(inductor with CUDA graphs; CUDA only), off, or auto = off for now (slower on a CPU; "
+        "on a GPU not yet measured). The first steps pay the compilation; restart needed.",
     )
     sit_directions: Literal["both", "image_to_text"] = Field(
         "both",

@@ -185,6 +185,12 @@ def _store(rank: int, size: int, timeout: datetime.timedelta) -> dist.Store:
     return dist.PrefixStore(f"streamer/attempt-{attempt}", store)
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 

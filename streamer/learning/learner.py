@@ -20,16 +20,11 @@ from streamer.learning.labels import LabelSet
 from streamer.learning.lora import adapters_cast
 from streamer.learning.model import ClipModel
 from streamer.learning.peft import lora_modules
+from streamer.learning.precision import upload
 from streamer.learning.replay import Entry, ReplayBuffer
 from streamer.learning.strategies import Regularizer
 from streamer.learning.teachers import Teachers
 from streamer.records import Pair, Sample, StepResult
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Learner:
@@ -57,10 +52,10 @@ class Learner:
         self._model_seconds = 0.0  # this step's time in the model's own work
         self._batches = UpdateBatches(model)  # fresh rows once a step, replayed per update
         on_cuda = model.device.type == "cuda"
-        if cfg.compile in ("on", "reduce-overhead") or (cfg.compile == "auto" and on_cuda):
+        if cfg.compile in ("on", "reduce-overhead"):  # auto: off until measured on a GPU
             model.compile("reduce-overhead" if cfg.compile == "reduce-overhead" else None)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
-        if self.bf16:
+        if self.bf16 and model.frozen_base is None:  # LoRA: the base is the frozen weights
             model.store_frozen(torch.bfloat16)  # no cast of the frozen weights per forward
         self._adapters = list(lora_modules(model.net))  # their factors cast once per update
         self._params = list(model.trainable_parameters().values())
@@ -158,7 +153,7 @@ class Learner:
             known = self.labels
             candidates, target = losses.unique_targets([*known, *prompts])
             txt = self.model.encode_texts(candidates)
-            target = target[len(known) :].to(img.device)
+            target = upload(target[len(known) :], img.device)
             accuracy = (img @ txt.t()).argmax(dim=1).eq(target).float().mean()
             loss = self._loss(img, prompts, self.model.logit_scale())
         self._model_seconds += self._clock() - started
@@ -200,7 +195,7 @@ class Learner:
                 return self._apply_distributed(batch, loss, gather)
             if loss is not None:
                 loss.backward()  # a non-finite loss leaves non-finite gradients: skipped below
-        ok = torch.isfinite(self._clip())
+        ok = torch.isfinite(self._clip()).to(self.model.device)  # no gradient: a CPU zero
         if loss is not None:
             ok = ok & torch.isfinite(loss.detach())
         self.optimizer.found_inf = (~ok).float()  # fused AdamW: skip on the device
@@ -251,15 +246,15 @@ class Learner:
         if self.cfg.loss == "asymmetric":
             known = self.labels
             texts, target = losses.unique_targets([*known, *prompts])
-            target = target[len(known) :].to(img.device)
+            target = upload(target[len(known) :], img.device)
             return losses.asymmetric(img, self.model.encode_texts(texts), target, scale)
         if gather:  # every rank's rows: negatives and shared positives span the global batch
             texts, target = losses.unique_targets(prompts)
-            rows = self.model.encode_texts(texts)[target.to(img.device)] if prompts else img
+            rows = self.model.encode_texts(texts)[upload(target, img.device)] if prompts else img
             return self.world.global_sit(img, rows, prompts, scale, self._both_directions)
         texts, target = losses.unique_targets(prompts)
         txt = self.model.encode_texts(texts)
-        return losses.sit(img, txt, target.to(img.device), scale, self._both_directions)
+        return losses.sit(img, txt, upload(target, img.device), scale, self._both_directions)
 
     @property
     def _both_directions(self) -> bool:
@@ -289,6 +284,8 @@ class Learner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_trainable_state(state["weights"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint from before fused AdamW
+            group.update(fused=True, foreach=None)
         self.label_set.load_state_dict(state["labels"])
         self.steps = int(state["steps"])
         self.samples = int(state["samples"])

@@ -26,7 +26,7 @@ from streamer.learning.peft import (
     merged_state_dict,
     towers,
 )
-from streamer.learning.precision import keep_frozen_in
+from streamer.learning.precision import keep_frozen_in, upload
 
 BUILTIN_CONFIGS = Path(__file__).parent / "model_configs"  # in the wheel
 REPO_CONFIGS = Path(__file__).parents[2] / "configs" / "models"  # in a source checkout
@@ -155,7 +155,7 @@ class ClipModel:
 
     def encode_texts(self, texts: Sequence[str], net: nn.Module | None = None) -> torch.Tensor:
         """texts [T] -> unit embeddings [T, D]."""
-        tokens = self.tokenizer(list(texts)).to(self.device, non_blocking=True)
+        tokens = upload(self.tokenizer(list(texts)), self.device)
         with self.autocast():
             return F.normalize((net or self.net).encode_text(tokens).float(), dim=-1)
 

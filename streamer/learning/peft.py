@@ -69,7 +69,8 @@ def apply_peft(net: nn.Module, cfg: PeftConfig, seed: int) -> None:
 
 
 def _add_lora(attn: nn.Module, cfg: PeftConfig, generator: torch.Generator) -> None:
-    if type(attn) is nn.MultiheadAttention:
+    plain = getattr(attn, "_qkv_same_embed_dim", False) and attn.bias_k is None
+    if type(attn) is nn.MultiheadAttention and plain and not attn.add_zero_attn:
         attn.__class__ = LoRAMultiheadAttention  # same parameters and names, one more path
     targets = [(attn, "in_proj_weight"), (attn.out_proj, "weight")]
     for module, name in targets:

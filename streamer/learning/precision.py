@@ -18,13 +18,24 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 
+def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto `device` without stalling the host: from pageable memory a CUDA copy
+    waits for every kernel queued before it; from pinned memory it is queued like one."""
+    if device.type != "cuda" or tensor.device == device:
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class MixedLayerNorm(nn.LayerNorm):
     """nn.LayerNorm (and open_clip's subclasses) computing in its input's dtype, autocast or
-    not; parameters as they are (fp32). Same parameters, names and state dict."""
+    not. CUDA's kernel wants its parameters in that dtype too (it accumulates in fp32 itself):
+    frozen ones are stored so (keep_frozen_in), trainable ones are cast per forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
         with torch.autocast(x.device.type, enabled=False):
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+            return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
 
 
 def frozen_matrices(net: nn.Module) -> Iterator[nn.Parameter]:
@@ -50,6 +61,9 @@ def keep_frozen_in(net: nn.Module, dtype: torch.dtype) -> None:
     for module in net.modules():
         if isinstance(module, nn.LayerNorm) and module.elementwise_affine:
             module.__class__ = MixedLayerNorm
+            for param in module.parameters(recurse=False):
+                if not param.requires_grad:
+                    param.data = param.data.to(dtype)
         mask = module._buffers.get("attn_mask")  # else cast again in every block
         if mask is not None and mask.is_floating_point():
             module._buffers["attn_mask"] = mask.to(dtype)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from streamer.learning.precision import upload
 from streamer.records import Pair, Sample
 
 Entry = Sample | Pair  # a resident: encoded, or decoded to pixels (its image bytes dropped)
@@ -95,7 +96,7 @@ class ReplayBuffer:
             return item
         if self.store == "encoded" or item.pixels.dtype != torch.uint8:
             return item.sample
-        pixels = item.pixels if self.device is None else item.pixels.to(self.device)
+        pixels = item.pixels if self.device is None else upload(item.pixels, self.device)
         return Pair(dataclasses.replace(item.sample, image=b""), pixels)
 
     def _insert(self, key: float, entry: Entry) -> None:

@@ -22,6 +22,7 @@ import torch
 from streamer.config.strategies import RegularizerConfig
 from streamer.learning import losses
 from streamer.learning.model import ClipModel
+from streamer.learning.precision import upload
 from streamer.learning.teachers import Teachers
 from streamer.records import Pair
 
@@ -66,7 +67,7 @@ class Regularizer:
         with self.teachers.view(self.cfg.teacher) as net:
             img_t = self.model.encode_images(pixels, net)  # [B, D]
             txt_t = self.model.encode_texts(texts, net)  # [T, D]
-        target = target.to(img.device)
+        target = upload(target, img.device)
         return losses.structure(img, txt, target, img_t, txt_t, scale / self.cfg.temperature)
 
     def _logits(self, scale: torch.Tensor, extra: list[str]) -> torch.Tensor:

@@ -19,8 +19,7 @@ from streamer.evaluation import quality
 from streamer.intake.manifest import ManifestError
 from streamer.intake.sink import DeadLetterError, DeadLetterSink, KafkaDeadLetters
 from streamer.intake.source import Item, Source, SourceFailed
-from streamer.learning.distributed import World
-from streamer.learning.learner import resolve_device
+from streamer.learning.distributed import World, resolve_device
 from streamer.learning.model import ModelLoadError
 from streamer.logs import set_level
 from streamer.records import Pair

@@ -13,8 +13,8 @@ from streamer.config import Settings
 from streamer.evaluation.evaluate import REFERENCE, EvalReport, Evaluator
 from streamer.intake.decode import Decoder
 from streamer.intake.manifest import ManifestError, read_manifest
-from streamer.learning.distributed import World, local_device
-from streamer.learning.learner import Learner, resolve_device
+from streamer.learning.distributed import World, local_device, resolve_device
+from streamer.learning.learner import Learner
 from streamer.learning.model import ClipModel
 from streamer.learning.replay import ReplayBuffer
 from streamer.learning.replay_policies import build_replay
