@@ -299,10 +299,8 @@ ROWS = {
         ts(
             "Checkpoint duration p95",
             [
-                (
-                    quantile(0.95, "streamer_checkpoint_duration_seconds"),
-                    "p95",
-                )
+                (quantile(0.95, "streamer_checkpoint_duration_seconds"), "p95"),
+                (quantile(0.95, "streamer_checkpoint_snapshot_seconds"), "training held, p95"),
             ],
             "s",
         ),
