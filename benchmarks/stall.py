@@ -32,11 +32,11 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from throughput import in_process
 
 from streamer.config import Settings, StreamConfig
 from streamer.dev import datasets
@@ -158,13 +158,6 @@ def summary(stamps: dict, marks: list[int], d: Daemon) -> dict[str, Any]:
         "snapshot_s_mean": snap / count if count else None,
         "replay_entries": len(d.engine.replay),
     }  # fmt: skip
-
-
-def in_process(fn, *args) -> dict[str, Any]:
-    # not multiprocessing.Pool: its daemonic workers cannot start decode processes
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def main() -> None:

@@ -61,6 +61,25 @@ def _ride_out(runner: ThreadedDaemon, port: int, stop_outage) -> None:
     assert _disconnected(port) >= BUDGET
 
 
+def _config(tmp_path, broker: EmbeddedBroker, topic: str) -> dict:
+    return daemon_config(tmp_path, broker.bootstrap, topic,
+                         kafka={"poll_error_budget_seconds": BUDGET})  # fmt: skip
+
+
+def _settled(daemon, records: int, ends: dict | None = None) -> None:
+    """`records` accounted for and their offsets committed (`ends`, when known)."""
+    wait_until(lambda: accounted(daemon) >= records, 120, f"{records} records")
+    done = (lambda: daemon.ledger.committed == ends) if ends else lambda: daemon.ledger.committed
+    wait_until(lambda: done() and not daemon.ledger.dirty, 30, "their commit")
+
+
+def _trained_once(runner, daemon, broker, config, samples, ends) -> None:
+    assert runner.exit_code == 0
+    assert daemon.ledger.counts["trained"] + daemon.ledger.counts["probes"] == len(samples)
+    assert daemon.ledger.digest == expected_digest(samples)
+    assert committed_offsets(broker.bootstrap, config["kafka"]["group_id"], list(ends)) == ends
+
+
 def test_a_broker_stopped_longer_than_the_old_budget_is_waited_for_and_nothing_trained_twice(
     tmp_path, digit_stream
 ):
@@ -72,25 +91,19 @@ def test_a_broker_stopped_longer_than_the_old_budget_is_waited_for_and_nothing_t
     kafka = KafkaConfig(bootstrap_servers=(broker.bootstrap,), topic=topic)
     before, after = digit_stream[:100], digit_stream[100:160]
     publish(kafka, before)
-    config = daemon_config(tmp_path, broker.bootstrap, topic,
-                           kafka={"poll_error_budget_seconds": BUDGET})  # fmt: skip
+    config = _config(tmp_path, broker, topic)
     runner = ThreadedDaemon(config)
     try:
         with runner as daemon:
-            wait_until(lambda: accounted(daemon) >= len(before), 120, "records before")
-            wait_until(lambda: daemon.ledger.committed and not daemon.ledger.dirty, 30, "commit")
+            _settled(daemon, len(before))
             _ride_out(runner, daemon.metrics_port, broker.stop)
             broker = EmbeddedBroker(port, log_path=tmp_path / "tansu.log").start()
             ends = publish(kafka, after)
             wait_until(lambda: accounted(daemon) >= len(before) + len(after), 120, "after")
             wait_until(lambda: _get(daemon.metrics_port, "/readyz")[0] == 200, 30, "ready")
             assert _disconnected(daemon.metrics_port) == 0
-            wait_until(lambda: daemon.ledger.committed == ends and not daemon.ledger.dirty, 30,
-                       "the commit after the outage")  # fmt: skip
-        assert runner.exit_code == 0
-        assert daemon.ledger.counts["trained"] + daemon.ledger.counts["probes"] == 160
-        assert daemon.ledger.digest == expected_digest(before + after)
-        assert committed_offsets(broker.bootstrap, config["kafka"]["group_id"], list(ends)) == ends
+            _settled(daemon, len(before) + len(after), ends)
+        _trained_once(runner, daemon, broker, config, before + after, ends)
     finally:
         broker.stop()
 
@@ -155,24 +168,17 @@ def test_after_a_network_outage_every_partition_resumes_from_the_checkpoint_offs
     kafka = KafkaConfig(bootstrap_servers=(broker.bootstrap,), topic=topic)
     before, after = digit_stream[:120], digit_stream[120:200]
     publish(kafka, before, partitions=2)
-    config = daemon_config(tmp_path, broker.bootstrap, topic,
-                           kafka={"poll_error_budget_seconds": BUDGET})  # fmt: skip
+    config = _config(tmp_path, broker, topic)
     runner = ThreadedDaemon(config)
     try:
         with runner as daemon:
-            wait_until(lambda: accounted(daemon) >= len(before), 120, "records before")
-            wait_until(lambda: daemon.ledger.committed and not daemon.ledger.dirty, 30, "commit")
+            _settled(daemon, len(before))
             _ride_out(runner, daemon.metrics_port, cable.cut)
             cable.mend()
             ends = publish(kafka, after, partitions=2)  # offsets go on from the old log ends
-            wait_until(lambda: accounted(daemon) >= len(before) + len(after), 120, "after")
-            wait_until(lambda: daemon.ledger.committed == ends and not daemon.ledger.dirty, 30,
-                       "the commit after the outage")  # fmt: skip
+            _settled(daemon, len(before) + len(after), ends)
             assert _get(daemon.metrics_port, "/readyz")[0] == 200
-        assert runner.exit_code == 0
-        assert daemon.ledger.counts["trained"] + daemon.ledger.counts["probes"] == 200
-        assert daemon.ledger.digest == expected_digest(before + after)  # none read twice
-        assert committed_offsets(broker.bootstrap, config["kafka"]["group_id"], list(ends)) == ends
+        _trained_once(runner, daemon, broker, config, before + after, ends)  # none read twice
     finally:
         cable.cut()
         broker.stop()
