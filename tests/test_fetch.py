@@ -251,3 +251,12 @@ def test_the_allow_list_takes_origins_only_and_names_a_missing_back_end():
     if importlib.util.find_spec("s3fs") is None:
         with pytest.raises(ValidationError, match="s3fs"):
             _cfg("s3://bucket")
+
+
+def test_a_fetcher_travels_to_a_decode_process_as_its_config():
+    import pickle
+
+    cfg = RecordConfig(fetch={"allow": ["https://images.example.com"], "max_concurrent": 3})
+    travelled = pickle.loads(pickle.dumps(Fetcher(cfg)))  # what a worker process receives
+    assert travelled.cfg == cfg
+    assert travelled._slots.acquire(blocking=False)  # slots of its own, made there

@@ -39,6 +39,11 @@ class Fetcher:
         self._slots = threading.BoundedSemaphore(cfg.fetch.max_concurrent)
         self._tls = ssl.create_default_context()
 
+    def __reduce__(self):
+        """To a decode worker process as its config: its slots and TLS context are made
+        there (`max_concurrent` then bounds each worker process)."""
+        return (Fetcher, (self.cfg,))
+
     def __call__(self, uri: str) -> bytes:
         url = urlsplit(uri)
         if url.scheme == "file":
