@@ -1,32 +1,34 @@
-"""The from-a-base setting of benchmarks/quality.py: strategies compared on one stream.
+"""The from-a-base settings of benchmarks/quality.py: strategies compared on one stream.
 
-Per seed: the tiny base pretrained on 20,000 Fashion-MNIST samples (every parameter, SIT;
-as the misalignment scenarios), then scikit-learn's digits (new images, new captions) as 5
-class-incremental tasks of 2 digits, one pass, LoRA rank 4 on both towers, lr 1e-3,
-batch 32, 3 updates per batch, 32 replayed per update from 1,000 (where replay is on);
-10% of the stream held out as probes, an evaluation every 160 samples; 200 Fashion-MNIST
-images the base never trained on pinned as the `reference` window (retention). ZSCL's
-logits term distils on 500 other unseen Fashion-MNIST images (the base's domain, as ZSCL
-uses ImageNet), never on the reference probes.
+Per seed: the tiny base pretrained on 20,000 Fashion-MNIST samples (every parameter, SIT; as
+the misalignment scenarios), then a stream of new labels (benchmarks/streams.py: the digits,
+or the held-out classes then the digits), one pass, LoRA rank 4 on both towers, lr 1e-3,
+batch 32, 3 updates per batch, 32 replayed per update from 1,000 (where replay is on); 10% of
+the stream held out as probes; 200 Fashion-MNIST images of the base's classes it never
+trained on pinned as the `reference` window (retention). ZSCL's logits term distils on, and
+rehearsal rehearses, 500 other unseen images of the base's classes (the base's domain, as
+ZSCL uses ImageNet), never the reference probes.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from streams import SETTINGS, Setting
 
 from streamer.config import Settings
-from streamer.dev import scenarios
 from streamer.records import Sample
 from streamer.service.pipeline import build_engine, run_stream
+
+DIGITS = SETTINGS["digits"]
 
 METHODS: dict[str, dict[str, Any]] = {
     "sit+replay": {},
@@ -39,6 +41,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "per_window replay": {"replay": {"policy": "per_window"}},
     "asymmetric+replay": {"learner": {"loss": "asymmetric"}},
     "naive": {"learner": {"loss": "clip", "replay_per_step": 0}, "replay": {"capacity": 0}},
+    "+rehearsal": {"learner": {"rehearse": {"per_update": 32}}},
 }  # fmt: skip
 # The bounds: the base untrained, and joint training (offline: every training sample of the
 # stream, shuffled, JOINT_EPOCHS times, one update per batch: as many updates as a streaming
@@ -62,24 +65,36 @@ SWEEP: dict[str, dict[str, Any]] = {
     "text tower frozen": {"model": {"peft": {"towers": "image"}}},
     "rank 16": {"model": {"peft": {"rank": 16, "alpha": 16.0}}},
     "lr 3e-4": {"learner": {"lr": 3e-4}},
+    **{f"rehearsal {k}": {"learner": {"rehearse": {"per_update": k}}} for k in (8, 16, 64)},
+    "rehearsal 32, no replay": {"learner": {"rehearse": {"per_update": 32}, "replay_per_step": 0},
+                                "replay": {"capacity": 0}},
+    "rehearsal 32 + logits(base, +new labels) 1": {"learner": {
+        "rehearse": {"per_update": 32},
+        "regularizer": {**_LOGITS, "weight": 1.0, "texts": "reference+batch"}}},
+    "rehearsal 32 + WiSE-FT 0.7": {"learner": {"rehearse": {"per_update": 32}, "serve": "wise",
+                                               "wise_alpha": 0.7}},
 }  # fmt: skip
 ALL = {**BOUNDS, **METHODS, **SWEEP}
 
 
-def settings(method: str, base: Path, distill: Path, seed: int, device: str) -> Settings:
+def settings(
+    method: str, base: Path, distill: Path, seed: int, device: str, setting: Setting
+) -> Settings:
     config: dict[str, dict[str, Any]] = {
         "model": {"arch": "streamer-tiny", "pretrained": str(base), "peft": {"mode": "lora"}},
         "learner": {"lr": 1e-3, "batch_size": 32, "steps_per_batch": 3, "replay_per_step": 32,
                     "seed": seed, "device": device},
         "replay": {"capacity": 1000, "seed": seed},
         "evaluation": {"probe_fraction": 0.1, "probe_per_window": 100, "min_probes": 20,
-                       "eval_every": 160},
+                       "eval_every": setting.eval_every},
     }  # fmt: skip
     for section, fields in ALL[method].items():
         config[section] = _merge(config.get(section, {}), fields)
     reg = config["learner"].get("regularizer")
     if reg is not None and reg.get("source") == "manifest":
         reg["manifest"] = str(distill)
+    if "rehearse" in config["learner"]:
+        config["learner"]["rehearse"]["manifest"] = str(distill)
     return Settings.model_validate(config)
 
 
@@ -88,20 +103,14 @@ def _merge(a: dict, b: dict) -> dict:
                     for k, v in b.items()}}  # fmt: skip
 
 
-def digits_stream(seed: int) -> list[Sample]:
-    from streamer.config import StreamConfig
-    from streamer.dev import datasets
-
-    cfg = StreamConfig(dataset="digits", tasks=5, seed=seed)
-    return list(datasets.stream(cfg))
-
-
-def run(method: str, base: Path, distill: Path, seed: int, device: str) -> dict[str, Any]:
+def run(
+    method: str, base: Path, distill: Path, seed: int, device: str, setting: Setting = DIGITS
+) -> dict[str, Any]:
     torch.manual_seed(seed)
-    engine = build_engine(settings(method, base, distill, seed, device))
-    engine.evaluator = _with_reference(engine, seed)
+    engine = build_engine(settings(method, base, distill, seed, device, setting))
+    engine.evaluator = _with_reference(engine, setting.reference(seed))
     steps: list[float] = []
-    stream = digits_stream(seed)
+    stream = setting.stream(seed)
     if method == "base":
         final = _untrained(engine, stream)
     else:
@@ -117,7 +126,7 @@ def run(method: str, base: Path, distill: Path, seed: int, device: str) -> dict[
     d = final.diagnosis
     own_now, own_base = _reference_among_own_labels(engine)
     return {
-        "method": method, "seed": seed, "a_auc": final.a_auc,
+        "method": method, "seed": seed, "setting": setting.name, "a_auc": final.a_auc,
         "a_last": statistics.mean(final.accuracy.values()) if method == "base" else final.a_last,
         "new_accuracy": statistics.mean(final.accuracy[w] for w in stream_windows)
         if stream_windows else math.nan,
@@ -155,59 +164,58 @@ def _reference_among_own_labels(engine) -> tuple[float, float]:
     return statistics.mean(now), statistics.mean(base)
 
 
-def _with_reference(engine, seed: int):
+def _with_reference(engine, reference: list[Sample]):
     from streamer.evaluation.evaluate import Evaluator
 
     cfg = engine.evaluator.cfg
     return Evaluator(cfg, engine.model, engine.decoder.pixels,
-                     engine.learner.cfg.prompt_template, scenarios.reference(seed))  # fmt: skip
-
-
-def distill_manifest(out: Path, seed: int, count: int = 500) -> Path:
-    """Unseen Fashion-MNIST images (past the base's 20,000, before the 200 reference probes)
-    as a JSONL manifest of image files for ZSCL's logits term."""
-    items = scenarios.fashion(seed)[scenarios.PRETRAIN_SAMPLES :][:count]
-    folder = out / f"distill-{seed}"
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for item in items:
-        (folder / f"{item.key}.png").write_bytes(item.encode("PNG"))
-        lines.append(json.dumps({"image": f"{item.key}.png", "label": item.label}))
-    manifest = folder / "distill.jsonl"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest
+                     engine.learner.cfg.prompt_template, reference)  # fmt: skip
 
 
 def main(args, write) -> None:
-    """Every method on every seed, then step times side by side; `write(results, steps,
-    seconds)` renders them. `args.bases`: a folder to keep the pretrained bases in (one per
-    seed, reused when there), else a temporary one."""
-    results: list[dict[str, Any]] = []
+    """Every method on every seed (`args.jobs` runs at once, each in its own process of
+    `args.threads` threads), then step times side by side; `write(results, steps, seconds)`
+    renders them. `args.bases`: a folder to keep the pretrained bases in (one per seed,
+    reused when there), else a temporary one."""
     started = time.monotonic()
     methods = args.methods or [*BOUNDS, *METHODS]
-    with tempfile.TemporaryDirectory() as tmp:  # bases and distillation images: not results
+    setting = SETTINGS["digits" if args.setting == "from-base" else args.setting]
+    jobs = getattr(args, "jobs", 1)
+    with (tempfile.TemporaryDirectory() as tmp,  # bases, distillation images: not results
+          ProcessPoolExecutor(jobs, initializer=torch.set_num_threads,
+                              initargs=(args.threads,)) as pool):  # fmt: skip
         folder = Path(getattr(args, "bases", None) or tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        for seed in args.seeds:
-            base = folder / f"base-{seed}.safetensors"
-            if not base.exists():
-                scenarios.pretrain(base, seed=seed)
-            distill = distill_manifest(Path(tmp), seed)
-            for method in methods:
-                results.append(run(method, base, distill, seed, args.device))
-                print(_line(results[-1], time.monotonic() - started), flush=True)
+        bases = {seed: folder / f"base-{setting.name}-{seed}.safetensors" for seed in args.seeds}
+        missing = [pool.submit(setting.pretrain, b, s) for s, b in bases.items() if not b.exists()]
+        for future in missing:
+            future.result()
+        distill = {seed: setting.distill_manifest(Path(tmp), seed) for seed in args.seeds}
+        runs = [
+            pool.submit(run, m, bases[seed], distill[seed], seed, args.device, setting)
+            for seed in args.seeds
+            for m in methods
+        ]
+        results = []
+        for future in runs:  # in submission order: seed by seed, method by method
+            results.append(future.result())
+            print(_line(results[-1], time.monotonic() - started), flush=True)
+        last = args.seeds[-1]
         trained = [m for m in methods if m != "base"]
-        steps = step_times(trained, base, distill) if getattr(args, "step_times", True) else {}
+        steps = (step_times(trained, bases[last], distill[last], setting)
+                 if getattr(args, "step_times", True) else {})  # fmt: skip
     write(results, steps, time.monotonic() - started)
 
 
-def step_times(methods: list[str], base: Path, distill: Path, rounds: int = 15) -> dict:
+def step_times(
+    methods: list[str], base: Path, distill: Path, setting: Setting, rounds: int = 15
+) -> dict:
     """Median seconds of one learner step per method, the methods interleaved round by round
     on the same batches, so a load that comes and goes on a shared machine hits all alike."""
-    stream = digits_stream(0)
+    stream = setting.stream(0)
     engines = {}
     for method in methods:
-        engine = build_engine(settings(method, base, distill, 0, "cpu"))
+        engine = build_engine(settings(method, base, distill, 0, "cpu", setting))
         for s in stream[:200]:  # a full replay buffer and references to draw from
             engine.replay.add(s)
         engines[method] = engine
@@ -223,7 +231,7 @@ def step_times(methods: list[str], base: Path, distill: Path, rounds: int = 15) 
 
 
 def _line(r: dict[str, Any], seconds: float) -> str:
-    return (f"from-base seed {r['seed']} {r['method']:18s} A_last {r['a_last']:.3f} new "
+    return (f"{r['setting']} seed {r['seed']} {r['method']:18s} A_last {r['a_last']:.3f} new "
             f"{r['new_accuracy']:.3f} retention {r['retention']:+.3f} (own labels "
             f"{r['retention_own_labels']:+.3f}) deficit {r['deficit']:.3f} step "
             f"{r['step_seconds']:.3f} s ({seconds:.0f} s)")  # fmt: skip

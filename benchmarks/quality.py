@@ -121,10 +121,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument(
         "--setting",
-        choices=["scratch", "from-base"],
+        choices=["scratch", "from-base", "held-out"],
         default="scratch",
-        help="scratch: Fashion-MNIST from random weights; from-base: "
-        "strategies on digits from a pretrained base (from_base.py)",
+        help="scratch: Fashion-MNIST from random weights; from-base: strategies on digits "
+        "from a pretrained base; held-out: on the base's held-out classes, then digits "
+        "(from_base.py, streams.py)",
     )
     parser.add_argument(
         "--bases",
@@ -140,15 +141,20 @@ def main() -> None:
     )
     parser.add_argument(
         "--name",
-        default="quality-from-base",
-        help="from-base: the results' file name (md, json, png)",
+        default=None,
+        help="from-base, held-out: the results' file name (md, json, png; default "
+        "quality-<setting>)",
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="from-base, held-out: runs at once, in processes"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.setting == "from-base":
+    if args.setting in ("from-base", "held-out"):
+        args.name = args.name or f"quality-{args.setting}"
         import from_base
         from quality_report import write_from_base
 

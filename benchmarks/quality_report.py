@@ -86,12 +86,15 @@ def write_from_base(
         + "\n"
     )
     import from_base
+    import streams
 
-    lines = ["# Strategies from a pretrained base (streamer-tiny, Fashion-MNIST base, digits "
-             "stream)", "", f"`{command}`  ",
+    stream = ("digits stream" if args.setting == "from-base" else
+              "stream of its held-out classes, then digits")  # fmt: skip
+    lines = [f"# Strategies from a pretrained base (streamer-tiny, Fashion-MNIST base, {stream})",
+             "", f"`{command}`  ",
              f"{machine['platform']}, torch {machine['torch']}, {args.threads} threads, "
              f"{seconds / 60:.1f} min; seeds {args.seeds}.", "",
-             from_base.__doc__.strip(), "",
+             from_base.__doc__.strip(), "", streams.__doc__.strip(), "",
              "Mean ± std over seeds. New-data accuracy = mean over the stream's windows at the "
              "end (all labels are candidates); share of joint = that over joint training's, "
              "same seed; retention (all labels) = reference accuracy now minus at step 0, the "
@@ -148,7 +151,7 @@ def plot(results: list[dict[str, Any]], path: Path, chosen: str | None = None) -
     if base:
         floor = -0.05 * statistics.mean(base)  # the target: keep 95% of the base
         ax.axhline(floor, color="red", linewidth=0.8, linestyle=":", label="-5% of the base")
-    ax.set_xlabel("accuracy on the new windows (digits), end of stream")
+    ax.set_xlabel("accuracy on the new windows, end of stream")
     ax.set_ylabel("retention: reference accuracy now minus step 0")
     ax.set_title("Stability-plasticity (mean ± std over seeds)")
     ax.grid(alpha=0.3)

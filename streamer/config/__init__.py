@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -86,6 +87,14 @@ class Settings(BaseSettings):
     evaluation: EvaluationConfig = EvaluationConfig()
     stream: StreamConfig = StreamConfig()
     publish: PublishConfig = PublishConfig()
+
+    @model_validator(mode="after")
+    def _rehearsal_apart_from_reference(self) -> Settings:
+        rehearsed = self.learner.rehearse.manifest
+        if rehearsed is not None and rehearsed == self.evaluation.reference_manifest:
+            raise ValueError("learner.rehearse.manifest is evaluation.reference_manifest: "
+                             "retention would measure what is trained on")  # fmt: skip
+        return self
 
 
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:

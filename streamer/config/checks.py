@@ -30,6 +30,7 @@ def missing_files(settings: Settings) -> list[str]:
         ("evaluation.reference_manifest", settings.evaluation.reference_manifest, False),
         ("records.image_root", settings.records.image_root, True),
         ("learner.regularizer.manifest", learner.regularizer.manifest, False),
+        ("learner.rehearse.manifest", learner.rehearse.manifest, False),
         *((f"model.config_dirs[{n}]", d, True) for n, d in enumerate(model.config_dirs)),
     ]
     problems = []

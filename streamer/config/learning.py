@@ -9,7 +9,7 @@ from typing import Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from streamer.config.base import Section
-from streamer.config.strategies import RegularizerConfig
+from streamer.config.strategies import RegularizerConfig, RehearseConfig
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -118,6 +118,9 @@ class LearnerConfig(Section):
     )
     regularizer: RegularizerConfig = Field(
         RegularizerConfig(), description="A term toward a teacher, added to the loss."
+    )
+    rehearse: RehearseConfig = Field(
+        RehearseConfig(), description="Rehearsal of the base's domain in every update."
     )
     ema_decay: float = Field(
         0.99, gt=0, lt=1, description="Decay of the EMA of the trainable state (per update)."

@@ -58,3 +58,21 @@ class RegularizerConfig(Section):
         if self.kind == "logits" and self.source == "manifest" and self.manifest is None:
             raise ValueError("source manifest needs manifest: the JSONL of reference pairs")
         return self
+
+
+class RehearseConfig(Section):
+    manifest: Path | None = Field(
+        None,
+        description="JSONL of pairs of the base's domain (image, label or text), rehearsed with "
+        "SIT in every update beside the stream and its replay: the base's images are then "
+        "contrasted with the new labels and the new images with the base's, which keeps what "
+        "the base knew (docs/retention.md). null: nothing of the base's domain is rehearsed. "
+        "Keep it apart from evaluation.reference_manifest.",
+    )
+    per_update: int = Field(
+        32,
+        ge=0,
+        le=4096,
+        description="Pairs of the manifest mixed into each update (0: off); each adds to the "
+        "update's batch, so to its time, as a replayed pair does.",
+    )

@@ -9,6 +9,7 @@ does: a held-out slice of the stream plus a pinned reference window of Fashion-M
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -57,7 +58,7 @@ class Trace:
         return sum(self.misaligned)
 
 
-def _samples(items: list[Item], task: str) -> list[Sample]:
+def as_samples(items: list[Item], task: str) -> list[Sample]:
     return [
         Sample(id=f"{task}-{it.key}", image=it.encode("PNG"), text=CAPTION.format(label=it.label),
                label=it.label, task=task)
@@ -65,12 +66,13 @@ def _samples(items: list[Item], task: str) -> list[Sample]:
     ]  # fmt: skip
 
 
-def fashion(seed: int) -> list[Item]:
-    """Fashion-MNIST's training split in a seeded order: pretraining takes the first
-    PRETRAIN_SAMPLES, the reference probes the last REFERENCE_PROBES."""
+def fashion(seed: int, classes: Sequence[str] | None = None) -> list[Item]:
+    """Fashion-MNIST's training split in a seeded order (only `classes`, when given):
+    pretraining takes the first PRETRAIN_SAMPLES, the reference probes the last
+    REFERENCE_PROBES."""
     items = datasets.fashion_mnist()
     random.Random(seed).shuffle(items)
-    return items
+    return items if classes is None else [i for i in items if i.label in classes]
 
 
 def _settings(
@@ -92,10 +94,16 @@ def _settings(
     })  # fmt: skip
 
 
-def pretrain(out: Path, samples: int = PRETRAIN_SAMPLES, seed: int = 0) -> Path:
-    """A base model that knows Fashion-MNIST, saved as a plain open_clip state dict."""
+def pretrain(
+    out: Path,
+    samples: int = PRETRAIN_SAMPLES,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+) -> Path:
+    """A base model that knows Fashion-MNIST (only `classes`, when given), saved as a plain
+    open_clip state dict."""
     engine = build_engine(_settings(None, "both", 1e-3, eval_every=10**9, seed=seed))
-    run_stream(engine, _samples(fashion(seed)[:samples], "pretrain"), batch_size=64)
+    run_stream(engine, as_samples(fashion(seed, classes)[:samples], "pretrain"), batch_size=64)
     engine.model.save_merged(out)
     return out
 
@@ -106,15 +114,15 @@ def stream(kind: Stream, seed: int = 0, epochs: int = 2) -> list[Sample]:
     Stationary-then-shifted: the stationary stream, then the shifted one."""
     digits = datasets.digits()
     random.Random(seed).shuffle(digits)
-    shifted = _samples(digits, "shifted") * epochs
+    shifted = as_samples(digits, "shifted") * epochs
     unseen = fashion(seed)[PRETRAIN_SAMPLES : PRETRAIN_SAMPLES + len(shifted)]
-    stationary = _samples(unseen, "stationary")
+    stationary = as_samples(unseen, "stationary")
     return {"shifted": shifted, "stationary": stationary}.get(kind, stationary + shifted)
 
 
-def reference(seed: int = 0) -> list[Sample]:
+def reference(seed: int = 0, classes: Sequence[str] | None = None) -> list[Sample]:
     """Fashion-MNIST probes the base model knows, never trained on: window 'reference'."""
-    return _samples(fashion(seed)[-REFERENCE_PROBES:], "reference")
+    return as_samples(fashion(seed, classes)[-REFERENCE_PROBES:], "reference")
 
 
 def run(

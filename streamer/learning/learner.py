@@ -21,10 +21,13 @@ from streamer.learning.lora import adapters_cast
 from streamer.learning.model import ClipModel
 from streamer.learning.peft import lora_modules
 from streamer.learning.precision import upload
-from streamer.learning.replay import Entry, ReplayBuffer
+from streamer.learning.rehearsal import Rehearsal
+from streamer.learning.replay import ReplayBuffer
 from streamer.learning.strategies import Regularizer
 from streamer.learning.teachers import Teachers
 from streamer.records import Pair, Sample, StepResult
+
+PARTS = ("teachers", "regularizer", "rehearsal")  # optional parts with a state of their own
 
 
 class Learner:
@@ -39,11 +42,13 @@ class Learner:
         gather_features: bool = False,
         teachers: Teachers | None = None,
         regularizer: Regularizer | None = None,
+        rehearsal: Rehearsal | None = None,
     ) -> None:
         self.model = model
         self.world = world or World()  # gradients are averaged over its ranks
         self.teachers = teachers  # EMA and window snapshots, kept up to date here
         self.regularizer = regularizer  # a term toward a teacher (None: SIT alone)
+        self.rehearsal = rehearsal  # pairs of the base's domain in every update
         self.gather_features = gather_features
         self.replay = replay
         self.cfg = cfg
@@ -64,9 +69,7 @@ class Learner:
             self._params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
         )
         self.label_set = LabelSet(cfg.max_labels)  # scoring candidates, bounded
-        self.steps = 0
-        self.samples = 0
-        self.skipped_nonfinite = 0
+        self.steps = self.samples = self.skipped_nonfinite = 0
 
     @property
     def labels(self) -> list[str]:  # the label prompts held as scoring candidates, in order
@@ -87,7 +90,7 @@ class Learner:
         self._learn_labels(fresh)
         losses_, applied = [], []
         for _ in range(self.cfg.steps_per_batch):
-            drawn = [self._as_pair(e) for e in self.replay.sample(self.cfg.replay_per_step)]
+            drawn = self._draw()
             pixels = self._batches.join(drawn)
             loss, ok = self._update([*fresh, *drawn], pixels)
             losses_.append(torch.where(ok, loss, 0.0) if loss is not None else ok.float() * 0)
@@ -118,8 +121,13 @@ class Learner:
             model_seconds=self._model_seconds,
         )
 
-    def _as_pair(self, entry: Entry) -> Pair:
-        return entry if isinstance(entry, Pair) else self._to_pair(entry)
+    def _draw(self) -> list[Pair]:
+        """An update's replayed pairs (decoded when stored as bytes), then its rehearsed ones."""
+        drawn = self.replay.sample(self.cfg.replay_per_step)
+        pairs = [e if isinstance(e, Pair) else self._to_pair(e) for e in drawn]
+        return pairs + (
+            self.rehearsal.draw(self.cfg.rehearse.per_update) if self.rehearsal is not None else []
+        )
 
     def idle_step(self) -> None:
         """A rank without data this turn: join the turn's collectives, apply the same update."""
@@ -145,7 +153,7 @@ class Learner:
         """score(), left on the device: (loss, accuracy) [2]."""
         if self.model.net.training:  # eval() walks every module: only when it must
             self.model.net.eval()
-        pixels = self._pixels(batch) if pixels is None else pixels
+        pixels = self._batches.stack(batch) if pixels is None else pixels
         prompts = self._prompts(batch)
         started = self._clock()
         with self.model.autocast():
@@ -170,7 +178,7 @@ class Learner:
         if not self.model.net.training:  # train() walks every module: only when it must
             self.model.net.train()
         if pixels is None and batch:
-            pixels = self._pixels(batch)
+            pixels = self._batches.stack(batch)
         prompts = self._prompts(batch)
         started = self._clock()
         try:
@@ -227,9 +235,6 @@ class Learner:
         if self.teachers is not None:
             self.teachers.after_update(ok)
 
-    def _pixels(self, batch: Sequence[Pair]) -> torch.Tensor:
-        return self._batches.stack(batch)
-
     def _gathering(self) -> bool:
         return self.gather_features and self.cfg.loss == "sit" and self.world.active
 
@@ -277,8 +282,7 @@ class Learner:
             "samples": self.samples,
             "skipped_nonfinite": self.skipped_nonfinite,
             "torch_rng": torch.get_rng_state(),
-            "teachers": self.teachers.state_dict() if self.teachers else None,
-            "regularizer": self.regularizer.state_dict() if self.regularizer else None,
+            **{n: None if (p := getattr(self, n)) is None else p.state_dict() for n in PARTS},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -291,7 +295,6 @@ class Learner:
         self.samples = int(state["samples"])
         self.skipped_nonfinite = int(state["skipped_nonfinite"])
         torch.set_rng_state(state["torch_rng"])
-        if self.teachers is not None:
-            self.teachers.load_state_dict(state.get("teachers"))
-        if self.regularizer is not None:
-            self.regularizer.load_state_dict(state.get("regularizer"))
+        for name in PARTS:  # a checkpoint from before a part: that part's fresh state
+            if (part := getattr(self, name)) is not None:
+                part.load_state_dict(state.get(name))

@@ -16,6 +16,7 @@ from streamer.intake.manifest import ManifestError, read_manifest
 from streamer.learning.distributed import World, local_device, resolve_device
 from streamer.learning.learner import Learner
 from streamer.learning.model import ClipModel
+from streamer.learning.rehearsal import Rehearsal
 from streamer.learning.replay import ReplayBuffer
 from streamer.learning.replay_policies import build_replay
 from streamer.learning.strategies import Regularizer
@@ -107,10 +108,13 @@ def build_engine(settings: Settings, world: World | None = None) -> Engine:
                           lambda s: window_of(s, seconds), device)  # fmt: skip
     teachers = Teachers(model, learning.ema_decay, learning.keeps_ema)
     regularizer = _regularizer(settings, model, teachers, replay, decoder)
+    rehearsed = reference_probes(learning.rehearse.manifest, decoder, template, task="rehearse")
+    rehearsal = (Rehearsal([decoder.pair(s) for s in rehearsed], learning.seed + world.rank)
+                 if rehearsed else None)  # fmt: skip
     learner = Learner(model, replay, learning, decoder.pair, world=world,
                       gather_features=settings.distributed.gather_features,
                       teachers=teachers if learning.keeps_ema or regularizer else None,
-                      regularizer=regularizer)  # fmt: skip
+                      regularizer=regularizer, rehearsal=rehearsal)  # fmt: skip
     reference = reference_probes(settings.evaluation.reference_manifest, decoder, template)
     evaluator = Evaluator(settings.evaluation, model, decoder.pixels, template, reference)
     return Engine(model, decoder, replay, learner, evaluator, teachers, learning.serve,

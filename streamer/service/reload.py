@@ -25,7 +25,7 @@ from streamer.config.text import describe_errors
 # Fields that take effect at the next step boundary; every other field needs a restart.
 LIVE_FIELDS = (
     "learner.lr", "learner.weight_decay", "learner.betas", "learner.grad_clip",
-    "learner.steps_per_batch", "learner.replay_per_step",
+    "learner.steps_per_batch", "learner.replay_per_step", "learner.rehearse.per_update",
     "evaluation.eval_every", "evaluation.detectors",
     "evaluation.misalignment_threshold", "evaluation.misalignment_window",
     "evaluation.min_probes", "evaluation.min_class_probes", "evaluation.blame_margin",
