@@ -41,14 +41,23 @@ METHODS: dict[str, dict[str, Any]] = {
     "per_window replay": {"replay": {"policy": "per_window"}},
     "asymmetric+replay": {"learner": {"loss": "asymmetric"}},
     "naive": {"learner": {"loss": "clip", "replay_per_step": 0}, "replay": {"capacity": 0}},
-    "+rehearsal": {"learner": {"rehearse": {"per_update": 32}}},
+    "+rehearsal": {"learner": {"rehearse": {"per_update": 32, "distill": 1.0}}},
 }  # fmt: skip
 # The bounds: the base untrained, and joint training (offline: every training sample of the
 # stream, shuffled, JOINT_EPOCHS times, one update per batch: as many updates as a streaming
-# run with 3 per batch; SIT, the same LoRA), the ceiling on the new data.
+# run with 3 per batch; SIT, the same LoRA), the ceiling on the new data; and joint training
+# rehearsing the base's domain as +rehearsal does, what offline training keeps of the base.
 BOUNDS = {
     "base": {},
     "joint": {"learner": {"replay_per_step": 0, "steps_per_batch": 1}, "replay": {"capacity": 0}},
+    "joint + rehearsal": {
+        "learner": {
+            "replay_per_step": 0,
+            "steps_per_batch": 1,
+            "rehearse": {"per_update": 32, "distill": 0.0},
+        },
+        "replay": {"capacity": 0},
+    },
 }
 JOINT_EPOCHS = 3
 _LOGITS = {"kind": "logits", "teacher": "base", "source": "manifest"}
@@ -65,14 +74,16 @@ SWEEP: dict[str, dict[str, Any]] = {
     "text tower frozen": {"model": {"peft": {"towers": "image"}}},
     "rank 16": {"model": {"peft": {"rank": 16, "alpha": 16.0}}},
     "lr 3e-4": {"learner": {"lr": 3e-4}},
-    **{f"rehearsal {k}": {"learner": {"rehearse": {"per_update": k}}} for k in (8, 16, 64)},
-    "rehearsal 32, no replay": {"learner": {"rehearse": {"per_update": 32}, "replay_per_step": 0},
-                                "replay": {"capacity": 0}},
-    "rehearsal 32 + logits(base, +new labels) 1": {"learner": {
-        "rehearse": {"per_update": 32},
-        "regularizer": {**_LOGITS, "weight": 1.0, "texts": "reference+batch"}}},
-    "rehearsal 32 + WiSE-FT 0.7": {"learner": {"rehearse": {"per_update": 32}, "serve": "wise",
-                                               "wise_alpha": 0.7}},
+    **{f"rehearsal {k}, distill {w:g}": {"learner": {"rehearse": {"per_update": k,
+                                                                   "distill": w}}}
+       for k in (16, 32, 64) for w in (0.0, 0.3, 1.0, 3.0)},
+    "rehearsal 32, distill 1, rank 16": {"model": {"peft": {"rank": 16, "alpha": 16.0}},
+                                         "learner": {"rehearse": {"per_update": 32}}},
+    "rehearsal 32, distill 1, no replay": {"learner": {"rehearse": {"per_update": 32},
+                                                       "replay_per_step": 0},
+                                           "replay": {"capacity": 0}},
+    "rehearsal 32, distill 0 + WiSE-FT 0.7": {"learner": {
+        "rehearse": {"per_update": 32, "distill": 0.0}, "serve": "wise", "wise_alpha": 0.7}},
 }  # fmt: skip
 ALL = {**BOUNDS, **METHODS, **SWEEP}
 
@@ -114,7 +125,7 @@ def run(
     if method == "base":
         final = _untrained(engine, stream)
     else:
-        if method == "joint":  # i.i.d.: every epoch in its own seeded order
+        if method in BOUNDS:  # joint, i.i.d.: every epoch in its own seeded order
             stream = [
                 s
                 for e in range(JOINT_EPOCHS)

@@ -16,6 +16,8 @@ import torch
 
 from streamer import __version__
 
+BOUNDS = ("base", "joint", "joint + rehearsal")  # no stream order: off the frontier
+
 FIELDS = (
     "new_accuracy",
     "retention",
@@ -137,13 +139,13 @@ def plot(results: list[dict[str, Any]], path: Path, chosen: str | None = None) -
         (x, dx), (y, dy) = (mean_std([r["new_accuracy"] for r in rows]),
                             mean_std([r["retention"] for r in rows]))  # fmt: skip
         points[method] = (x, y)
-        style = "s" if method in ("base", "joint") else "o"
+        style = "s" if method in BOUNDS else "o"
         ax.errorbar(x, y, xerr=dx, yerr=dy, fmt=style, capsize=3, label=method,
                     color=colours[i % len(colours)])  # fmt: skip
         if method == chosen:
             ax.plot(x, y, "o", markersize=16, markerfacecolor="none", color="red",
                     label=f"chosen default ({method})")  # fmt: skip
-    front = frontier({m: p for m, p in points.items() if m not in ("base", "joint")})
+    front = frontier({m: p for m, p in points.items() if m not in BOUNDS})
     ax.plot([points[m][0] for m in front], [points[m][1] for m in front], "--", color="grey",
             linewidth=1, label="frontier (means, bounds aside)")  # fmt: skip
     ax.axhline(0, color="grey", linewidth=0.8)

@@ -28,8 +28,9 @@ def _manifest(folder: Path, samples: list[Sample], name: str = "rehearse.jsonl")
     return path
 
 
-def _engine(manifest: Path | None, per_update: int = 6, **learner):
-    rehearse = {"manifest": str(manifest) if manifest else None, "per_update": per_update}
+def _engine(manifest: Path | None, per_update: int = 6, distill: float = 0.0, **learner):
+    rehearse = {"manifest": str(manifest) if manifest else None, "per_update": per_update,
+                "distill": distill}  # fmt: skip
     return build_engine(tiny_settings(learner={"rehearse": rehearse, **learner}))
 
 
@@ -69,9 +70,7 @@ def test_more_per_update_than_the_manifest_holds_rehearses_all_of_it(tmp_path, d
     assert rows == [16 + 4, 16 + 4]
 
 
-def test_rehearsal_changes_what_is_learned_and_zero_per_update_turns_it_off(
-    tmp_path, digit_stream
-):
+def test_rehearsal_changes_what_is_learned_and_zero_per_update_turns_it_off(tmp_path, digit_stream):
     manifest = _manifest(tmp_path, digit_stream[-20:])
     states = []
     for engine in (_engine(None), _engine(manifest, per_update=0), _engine(manifest)):
@@ -84,16 +83,38 @@ def test_rehearsal_changes_what_is_learned_and_zero_per_update_turns_it_off(
     assert not all(torch.equal(plain[k], on[k]) for k in plain)
 
 
-def test_the_rehearsal_draw_resumes_exactly_from_a_checkpoint(tmp_path, digit_stream):
+def test_distill_adds_zscls_term_on_the_rehearsed_pairs_against_the_new_labels(
+    tmp_path, digit_stream
+):
     manifest = _manifest(tmp_path, digit_stream[-20:])
-    first = _engine(manifest)
+    assert _engine(manifest, distill=0.0).learner.regularizer is None
+    engine = _engine(manifest, distill=2.0)
+    regularizer = engine.learner.regularizer
+    assert (regularizer.cfg.kind, regularizer.cfg.teacher) == ("logits", "base")
+    assert (regularizer.cfg.texts, regularizer.cfg.weight) == ("reference+batch", 2.0)
+    rehearsed = {id(p) for p in engine.learner.rehearsal.pairs}
+    assert all(id(p) in rehearsed for p in regularizer._references(8, regularizer._rng))
+    pairs = [engine.to_pair(s) for s in digit_stream[:16]]
+    engine.model.net.train()
+    pixels = engine.model.stack_pixels([p.pixels for p in pairs])
+    img = engine.model.encode_images(pixels)
+    prompts = [p.sample.prompt("a photo of a {label}.") for p in pairs]
+    term = regularizer.term(pixels, img, prompts, engine.model.logit_scale())
+    assert term.item() == pytest.approx(0.0, abs=1e-6)  # the student is still the base
+    assert _engine(None, distill=2.0).learner.regularizer is None  # nothing rehearsed
+
+
+@pytest.mark.parametrize("distill", [0.0, 1.0])
+def test_the_rehearsal_draw_resumes_exactly_from_a_checkpoint(tmp_path, digit_stream, distill):
+    manifest = _manifest(tmp_path, digit_stream[-20:])
+    first = _engine(manifest, distill=distill)
     for i in range(2):
         _step(first, digit_stream[16 * i : 16 * i + 16])
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
-    second = _engine(manifest)
+    second = _engine(manifest, distill=distill)
     second.load_state_dict(state)
     for engine in (first, second):
         torch.set_rng_state(state["learner"]["torch_rng"])
@@ -113,8 +134,13 @@ def test_the_manifest_must_be_there_and_apart_from_the_reference(tmp_path):
     gone = tmp_path / "gone.jsonl"
     settings = Settings.model_validate({"learner": {"rehearse": {"manifest": str(gone)}}})
     assert any(p.startswith("learner.rehearse.manifest") for p in missing_files(settings))
-    with pytest.raises(ValidationError, match="learner.rehearse.manifest"):
+    with pytest.raises(ValidationError, match=r"learner\.rehearse\.manifest"):
         Settings.model_validate({"learner": {"rehearse": {"manifest": str(gone)}},
                                  "evaluation": {"reference_manifest": str(gone)}})  # fmt: skip
     with pytest.raises(ValidationError, match="per_update"):
         Settings.model_validate({"learner": {"rehearse": {"per_update": -1}}})
+    both = {"rehearse": {"manifest": str(gone)}, "regularizer": {"kind": "l2"}}
+    with pytest.raises(ValidationError, match=r"rehearse\.distill"):
+        Settings.model_validate({"learner": both})
+    Settings.model_validate({"learner": {**both, "rehearse": {"manifest": str(gone),
+                                                              "distill": 0.0}}})  # fmt: skip

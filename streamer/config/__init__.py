@@ -90,8 +90,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _rehearsal_apart_from_reference(self) -> Settings:
-        rehearsed = self.learner.rehearse.manifest
-        if rehearsed is not None and rehearsed == self.evaluation.reference_manifest:
+        rehearse = self.learner.rehearse
+        if (
+            rehearse.manifest is not None
+            and rehearse.manifest == self.evaluation.reference_manifest
+        ):
             raise ValueError("learner.rehearse.manifest is evaluation.reference_manifest: "
                              "retention would measure what is trained on")  # fmt: skip
         return self

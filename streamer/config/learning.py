@@ -155,6 +155,15 @@ class LearnerConfig(Section):
             raise ValueError(f"prompt_template: only {{label}} may be filled in ({exc})") from exc
         return self
 
+    @model_validator(mode="after")
+    def _one_regularizer(self) -> LearnerConfig:
+        distils = self.rehearse.manifest is not None and self.rehearse.distill > 0
+        if distils and self.regularizer.kind != "none":
+            raise ValueError("rehearse.distill: the rehearsal's logits term and regularizer "
+                             f"{self.regularizer.kind!r} are both on; set rehearse.distill: 0 "
+                             "to use the regularizer, or regularizer.kind: none")  # fmt: skip
+        return self
+
 
 class DetectorConfig(Section):
     kind: Literal["adwin", "page_hinkley"] = Field(

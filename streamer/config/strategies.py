@@ -76,3 +76,11 @@ class RehearseConfig(Section):
         description="Pairs of the manifest mixed into each update (0: off); each adds to the "
         "update's batch, so to its time, as a replayed pair does.",
     )
+    distill: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of ZSCL's logits term toward the frozen base on the rehearsed "
+        "pairs, scored against their labels and the update's texts, so the base's images keep "
+        "preferring the base's labels to the new ones (0: off). In place of "
+        "learner.regularizer, which must then be none.",
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.config import Settings
+from streamer.config.strategies import RegularizerConfig
 from streamer.evaluation.evaluate import REFERENCE, EvalReport, Evaluator
 from streamer.intake.decode import Decoder
 from streamer.intake.manifest import ManifestError, read_manifest
@@ -107,10 +108,10 @@ def build_engine(settings: Settings, world: World | None = None) -> Engine:
     replay = build_replay(settings.replay, settings.replay.seed + world.rank,  # each its own
                           lambda s: window_of(s, seconds), device)  # fmt: skip
     teachers = Teachers(model, learning.ema_decay, learning.keeps_ema)
-    regularizer = _regularizer(settings, model, teachers, replay, decoder)
     rehearsed = reference_probes(learning.rehearse.manifest, decoder, template, task="rehearse")
     rehearsal = (Rehearsal([decoder.pair(s) for s in rehearsed], learning.seed + world.rank)
                  if rehearsed else None)  # fmt: skip
+    regularizer = _regularizer(settings, model, teachers, replay, decoder, rehearsal)
     learner = Learner(model, replay, learning, decoder.pair, world=world,
                       gather_features=settings.distributed.gather_features,
                       teachers=teachers if learning.keeps_ema or regularizer else None,
@@ -121,8 +122,17 @@ def build_engine(settings: Settings, world: World | None = None) -> Engine:
                   learning.wise_alpha)  # fmt: skip
 
 
-def _regularizer(settings: Settings, model, teachers, replay, decoder) -> Regularizer | None:
-    cfg = settings.learner.regularizer
+def _regularizer(
+    settings: Settings, model, teachers, replay, decoder, rehearsal: Rehearsal | None
+) -> Regularizer | None:
+    cfg, distill = settings.learner.regularizer, settings.learner.rehearse.distill
+    if cfg.kind == "none" and rehearsal is not None and distill > 0:  # ZSCL on the rehearsed
+        cfg = RegularizerConfig(kind="logits", teacher="base", texts="reference+batch",
+                                weight=distill)  # fmt: skip
+        pairs = rehearsal.pairs
+        references = lambda k, rng: rng.sample(pairs, min(k, len(pairs)))  # noqa: E731
+        return Regularizer(cfg, model, teachers, references, settings.learner.prompt_template,
+                           settings.learner.seed)  # fmt: skip
     if cfg.kind == "none":
         return None
     references = None
