@@ -145,6 +145,9 @@ def main() -> None:
         help="from-base, held-out: the results' file name (md, json, png; default "
         "quality-<setting>)",
     )
+    parser.add_argument(
+        "--chosen", default=None, help="from-base, held-out: the method ringed as the default"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--jobs", type=int, default=1, help="from-base, held-out: runs at once, in processes"

@@ -144,3 +144,13 @@ def test_the_manifest_must_be_there_and_apart_from_the_reference(tmp_path):
         Settings.model_validate({"learner": both})
     Settings.model_validate({"learner": {**both, "rehearse": {"manifest": str(gone),
                                                               "distill": 0.0}}})  # fmt: skip
+
+
+def test_the_demos_plain_fine_tuning_rehearses_nothing(tmp_path, digit_stream):
+    from streamer.dev.compare import plain_finetuning
+
+    manifest = _manifest(tmp_path, digit_stream[-8:])
+    settings = tiny_settings(learner={"rehearse": {"manifest": str(manifest)}})
+    engine = build_engine(plain_finetuning(settings))
+    assert engine.learner.rehearsal is None and engine.learner.regularizer is None
+    assert build_engine(settings).learner.rehearsal is not None

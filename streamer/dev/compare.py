@@ -28,13 +28,15 @@ class RunResult:
 
 def plain_finetuning(settings: Settings) -> Settings:
     """The same model, LoRA and learning rate; CLIP's in-batch loss, no replay, nothing
-    toward the base, the trained weights served: what `streamer` is compared against."""
+    toward the base and nothing of its domain rehearsed, the trained weights served: what
+    `streamer` is compared against."""
     learner = settings.learner.model_copy(
         update={
             "loss": "clip",
             "replay_per_step": 0,
             "serve": "student",
             "regularizer": settings.learner.regularizer.model_copy(update={"kind": "none"}),
+            "rehearse": settings.learner.rehearse.model_copy(update={"manifest": None}),
         }
     )
     replay = settings.replay.model_copy(update={"capacity": 0})

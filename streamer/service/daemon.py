@@ -69,6 +69,7 @@ class Daemon:
         self.world = world or World.from_env(settings.distributed,
                                              resolve_device(settings.learner.device))  # fmt: skip
         self.engine = engine or build_engine(settings, self.world)
+        wiring.note_recipe(settings)
         self.ledger = Ledger()
         sink = dead_letters or KafkaDeadLetters(settings.kafka)
         self.refusals = Refusals(sink, settings.dead_letter, self.ledger, self.metrics,

@@ -88,3 +88,12 @@ def publisher(
             update={"enabled": False})})  # fmt: skip
     model = ClipModel(settings.model, torch.device("cpu"), seed=settings.learner.seed)
     return Publisher(cfg, settings.checkpoint.dir, PublishMetrics(registry), steps, model=model)
+
+
+def note_recipe(settings: Settings) -> None:
+    """Say at start-up when nothing keeps what the base knew beyond replay."""
+    learner = settings.learner
+    if learner.rehearse.manifest is None and learner.regularizer.kind == "none":
+        log.info("no rehearsal: nothing of the base's domain is rehearsed, so the base's "
+                 "knowledge is kept by replay alone (set learner.rehearse.manifest; "
+                 "docs/retention.md)")  # fmt: skip
