@@ -12,6 +12,7 @@ ZSCL uses ImageNet), never the reference probes.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -212,10 +213,23 @@ def main(args, write) -> None:
             results.append(future.result())
             print(_line(results[-1], time.monotonic() - started), flush=True)
         last = args.seeds[-1]
-        trained = [m for m in methods if m != "base"]
+        trained = list(dict.fromkeys(["sit+replay", *(m for m in methods if m != "base")]))
         steps = (step_times(trained, bases[last], distill[last], setting)
                  if getattr(args, "step_times", True) else {})  # fmt: skip
+    if getattr(args, "also", None):
+        results, steps = merged(args.also, results, steps)
     write(results, steps, time.monotonic() - started)
+
+
+def merged(path: Path, results: list[dict], steps: dict[str, float]) -> tuple[list, dict]:
+    """An earlier run's results (a quality-*.json) beside these: its step times scaled so
+    that each method keeps its ratio to sit+replay measured in its own run."""
+    earlier = json.loads(Path(path).read_text())
+    before = earlier.get("step_seconds") or {}
+    scale = (steps["sit+replay"] / before["sit+replay"]
+             if "sit+replay" in steps and "sit+replay" in before else None)  # fmt: skip
+    scaled = {m: t * scale for m, t in before.items() if m not in steps} if scale else {}
+    return [*earlier["runs"], *results], {**scaled, **steps}
 
 
 def step_times(

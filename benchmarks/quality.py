@@ -146,6 +146,12 @@ def main() -> None:
         "quality-<setting>)",
     )
     parser.add_argument(
+        "--also",
+        type=Path,
+        default=None,
+        help="from-base, held-out: an earlier run's JSON, reported beside this one's",
+    )
+    parser.add_argument(
         "--chosen", default=None, help="from-base, held-out: the method ringed as the default"
     )
     parser.add_argument("--device", default="cpu")

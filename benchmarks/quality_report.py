@@ -81,6 +81,10 @@ def write_from_base(
     results: list[dict[str, Any]], steps: dict[str, float], args, seconds: float
 ) -> None:
     command = " ".join([".venv/bin/python benchmarks/quality.py", *sys.argv[1:]])
+    also = getattr(args, "also", None)
+    if also is not None:  # the earlier run's own command, and the one before it, if any
+        earlier = json.loads(Path(also).read_text())
+        command = "\n".join([earlier["command"], command])
     machine = {"platform": platform.platform(), "torch": torch.__version__,
                "streamer": __version__, "threads": args.threads, "device": args.device,
                "seconds": round(seconds)}  # fmt: skip
@@ -99,8 +103,9 @@ def write_from_base(
 
     stream = ("digits stream" if args.setting == "from-base" else
               "stream of its held-out classes, then digits")  # fmt: skip
+    shown = "  \n".join(f"`{c}`" for c in command.splitlines())
     lines = [f"# Strategies from a pretrained base (streamer-tiny, Fashion-MNIST base, {stream})",
-             "", f"`{command}`  ",
+             "", f"{shown}  ",
              f"{machine['platform']}, torch {machine['torch']}, {args.threads} threads, "
              f"{seconds / 60:.1f} min; seeds {args.seeds}.", "",
              from_base.__doc__.strip(), "", streams.__doc__.strip(), "",
