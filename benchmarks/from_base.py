@@ -77,7 +77,14 @@ SWEEP: dict[str, dict[str, Any]] = {
     "lr 3e-4": {"learner": {"lr": 3e-4}},
     **{f"rehearsal {k}, distill {w:g}": {"learner": {"rehearse": {"per_update": k,
                                                                    "distill": w}}}
-       for k in (16, 32, 64) for w in (0.0, 0.3, 1.0, 3.0)},
+       for k in (16, 32, 64, 128) for w in (0.0, 0.3, 1.0, 3.0)},
+    "replay 64": {"learner": {"replay_per_step": 64}},
+    "rehearsal 64, distill 0.3, replay 64": {"learner": {
+        "rehearse": {"per_update": 64, "distill": 0.3}, "replay_per_step": 64}},
+    "rehearsal 64, distill 0.3, rank 16": {"model": {"peft": {"rank": 16, "alpha": 16.0}},
+        "learner": {"rehearse": {"per_update": 64, "distill": 0.3}}},
+    "rehearsal 32, distill 0.3, text tower frozen": {"model": {"peft": {"towers": "image"}},
+        "learner": {"rehearse": {"per_update": 32, "distill": 0.3}}},
     "rehearsal 32, distill 1, rank 16": {"model": {"peft": {"rank": 16, "alpha": 16.0}},
                                          "learner": {"rehearse": {"per_update": 32}}},
     "rehearsal 32, distill 1, no replay": {"learner": {"rehearse": {"per_update": 32},
