@@ -70,14 +70,14 @@ class RehearseConfig(Section):
         "Keep it apart from evaluation.reference_manifest.",
     )
     per_update: int = Field(
-        32,
+        64,
         ge=0,
         le=4096,
         description="Pairs of the manifest mixed into each update (0: off); each adds to the "
         "update's batch, so to its time, as a replayed pair does.",
     )
     distill: float = Field(
-        1.0,
+        0.3,
         ge=0,
         description="Weight of ZSCL's logits term toward the frozen base on the rehearsed "
         "pairs, scored against their labels and the update's texts, so the base's images keep "
