@@ -33,7 +33,7 @@ class Chromium:
     and failed loads (the browser's own error log) since the last `open`."""
 
     def __init__(self, width: int = 1600, height: int = 1000) -> None:
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True)
         self._process = subprocess.Popen(
             [executable() or "chromium", *FLAGS, f"--user-data-dir={self._profile.name}",
              f"--window-size={width},{height}", "about:blank"],
@@ -117,6 +117,14 @@ class Chromium:
     def close(self) -> None:
         self._socket.close()
         terminate(self._process)
+        for _ in range(40):  # its helpers may still write the profile for a moment
+            try:
+                shutil.rmtree(self._profile.name)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.25)
         self._profile.cleanup()
 
     def __enter__(self) -> Chromium:
