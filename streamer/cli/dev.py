@@ -114,6 +114,7 @@ def broker(args: argparse.Namespace) -> int:
     from streamer.dev.broker import EmbeddedBroker
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwind: the child stops too
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     with EmbeddedBroker(args.port, host=args.host, advertise=args.advertise) as embedded:
         print(
             f"broker listening on {embedded.bootstrap} (memory only; Ctrl-C stops it)", flush=True
