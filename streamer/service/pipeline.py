@@ -126,25 +126,25 @@ def _regularizer(
     settings: Settings, model, teachers, replay, decoder, rehearsal: Rehearsal | None
 ) -> Regularizer | None:
     cfg, distill = settings.learner.regularizer, settings.learner.rehearse.distill
+    references = None
     if cfg.kind == "none" and rehearsal is not None and distill > 0:  # ZSCL on the rehearsed
         cfg = RegularizerConfig(kind="logits", teacher="base", texts="reference+batch",
                                 weight=distill)  # fmt: skip
-        pairs = rehearsal.pairs
-        references = lambda k, rng: rng.sample(pairs, min(k, len(pairs)))  # noqa: E731
-        return Regularizer(cfg, model, teachers, references, settings.learner.prompt_template,
-                           settings.learner.seed)  # fmt: skip
-    if cfg.kind == "none":
+        references = _drawn_from(rehearsal.pairs)
+    elif cfg.kind == "none":
         return None
-    references = None
-    if cfg.kind == "logits":
-        if cfg.source == "manifest":
-            held = [decoder.pair(s) for s in reference_probes(cfg.manifest, decoder,
-                    settings.learner.prompt_template, task="distill")]  # fmt: skip
-            references = lambda k, rng: rng.sample(held, min(k, len(held)))  # noqa: E731
-        else:
-            references = lambda k, rng: [as_pair(s, decoder) for s in replay.sample(k)]  # noqa: E731
+    elif cfg.kind == "logits" and cfg.source == "manifest":
+        references = _drawn_from([decoder.pair(s) for s in reference_probes(
+            cfg.manifest, decoder, settings.learner.prompt_template, task="distill")])  # fmt: skip
+    elif cfg.kind == "logits":
+        references = lambda k, rng: [as_pair(s, decoder) for s in replay.sample(k)]  # noqa: E731
     return Regularizer(cfg, model, teachers, references, settings.learner.prompt_template,
                        settings.learner.seed)  # fmt: skip
+
+
+def _drawn_from(pairs: list[Pair]):
+    """Reference pairs for the logits term: k distinct ones of a fixed set, drawn with rng."""
+    return lambda k, rng: rng.sample(pairs, min(k, len(pairs)))
 
 
 def as_pair(entry: Sample | Pair, decoder: Decoder) -> Pair:
