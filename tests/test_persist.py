@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from streamer.intake.sink import MemoryDeadLetters
 from streamer.intake.source import MemorySource
 from streamer.learning.distributed import World
+from streamer.learning.replay_state import unpack
 from streamer.records import RawRecord
 from streamer.service.metrics import Metrics
 from streamer.service.persist import Persistence
@@ -74,7 +75,7 @@ def test_a_background_checkpoint_holds_the_state_of_its_boundary_not_of_the_writ
     saved = load_latest(tmp_path / "ckpt")
     assert saved.meta["offsets"] == {"t:0": 10}
     assert all(torch.equal(saved.weights[k], v) for k, v in weights.items())
-    assert len(saved.state["ranks"][0]["replay"]["items"]) == 20
+    assert len(unpack(saved.state["ranks"][0]["replay"])[0]) == 20
     assert source.commits == [({P: 10}, f"{saved.id}@{ledger.lineage}")]  # once durable
     assert ledger.committed == {P: 10} and ledger.dirty  # offset 19 is not in it
 

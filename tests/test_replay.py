@@ -8,6 +8,7 @@ import statistics
 import torch
 
 from streamer.learning.replay import ReplayBuffer
+from streamer.learning.replay_state import unpack
 from streamer.records import Pair, Sample
 
 # Chi-square critical value, 49 degrees of freedom, p = 0.001.
@@ -149,9 +150,10 @@ def test_a_smaller_capacity_on_restore_evicts_the_largest_keys():
     state = a.state_dict()
     b = ReplayBuffer(40, seed=4)
     b.load_state_dict(state)
-    smallest = sorted(zip(state["keys"], (s["id"] for s in state["items"]), strict=True))[:40]
+    keys, ids = state["keys"].tolist(), [item["id"] for item in unpack(state)[0]]
+    smallest = sorted(zip(keys, ids, strict=True))[:40]
     assert sorted(s.id for s in b.items()) == sorted(i for _, i in smallest)
-    assert b.threshold == sorted(state["keys"])[40]
+    assert b.threshold == sorted(keys)[40]
 
 
 def test_an_algorithm_r_state_still_loads():

@@ -12,6 +12,7 @@ import torch
 from streamer.cli import main
 from streamer.config import CheckpointConfig, GateConfig
 from streamer.intake.source import MemorySource
+from streamer.learning.replay_state import unpack
 from streamer.state.checkpoint import Checkpointer, complete_checkpoints, load_latest, read
 from streamer.state.lock import DirectoryLock, is_locked
 from streamer.state.rollback import rollback
@@ -62,7 +63,7 @@ def test_rollback_keeps_offsets_and_counts_and_makes_the_named_model_current(
     assert daemon.ledger.counts == run.daemon.ledger.counts
     assert daemon.ledger.offsets == run.daemon.ledger.offsets
     replay, named_replay = daemon.engine.replay.state_dict(), named.state["ranks"][0]["replay"]
-    assert [s["id"] for s in replay["items"]] == [s["id"] for s in named_replay["items"]]
+    assert [s["id"] for s in unpack(replay)[0]] == [s["id"] for s in unpack(named_replay)[0]]
     assert replay["seen"] == named_replay["seen"]
     assert daemon.engine.evaluator.samples == named.state["ranks"][0]["evaluator"]["samples"]
 

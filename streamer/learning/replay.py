@@ -20,12 +20,13 @@ import dataclasses
 import heapq
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 
 from streamer.learning.precision import upload
+from streamer.learning.replay_state import pack, rng_state, set_rng_state, unpack
 from streamer.records import Pair, Sample
 
 Entry = Sample | Pair  # a resident: encoded, or decoded to pixels (its image bytes dropped)
@@ -134,34 +135,38 @@ class ReplayBuffer:
         """The state as of now, built later (on a checkpoint's writer thread): residents are
         immutable, so holding them costs a list of references, whatever they hold. Pixels on
         a device leave it in one copy, to pinned memory (`non_blocking`: the caller waits for
-        the stream before building)."""
+        the stream before building). Residents are saved as columns (`replay_state`)."""
         slots = sorted(self._items)
         held = [self._items[s] for s in slots]  # (key, entry) pairs, never changed in place
         fixed = {"capacity": self.capacity, "max_bytes": self.max_bytes, "seen": self._seen,
-                 "tau": self._tau, "rng": _rng_state_to_list(self._rng.getstate()),
-                 "key_rng": _rng_state_to_list(self._keys.getstate())}  # fmt: skip
-        on_host = _to_host([entry for _, entry in held], non_blocking)
+                 "tau": self._tau, "rng": rng_state(self._rng),
+                 "key_rng": rng_state(self._keys)}  # fmt: skip
+        entries = [entry for _, entry in held]
+        stacked = _to_host(entries, non_blocking)
 
         def build() -> dict[str, Any]:
-            entries = [entry for _, entry in held]
-            pixels = [_host_pixels(on_host, i, e) for i, e in enumerate(entries)]
-            return {**fixed, "keys": [key for key, _ in held], "pixels": pixels,
-                    "items": [_item_state(e) for e in entries]}  # fmt: skip
+            moved = {row for rows, _ in stacked for row in rows}
+            loose = {n: e.pixels.cpu() for n, e in enumerate(entries)
+                     if isinstance(e, Pair) and n not in moved}  # fmt: skip
+            keys = torch.tensor([key for key, _ in held], dtype=torch.float64)
+            items = pack([sample_of(e) for e in entries], stacked, loose)
+            return {**fixed, "keys": keys, "items": items}
 
         return build
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore; this buffer's own capacity and budget apply (a smaller one evicts)."""
-        samples: list[Entry] = [Sample(**{**i, "image": i["image"] or b""}) for i in state["items"]]
-        for i, pixels in enumerate(state.get("pixels") or []):
+        items, held = unpack(state)
+        samples: list[Entry] = [Sample(**{**i, "image": i["image"] or b""}) for i in items]
+        for i, pixels in enumerate(held):
             if pixels is not None:  # held as pixels when saved: kept so, whatever the store
-                device_pixels = pixels if self.device is None else pixels.to(self.device)
-                samples[i] = Pair(sample_of(samples[i]), device_pixels)
+                own = pixels.clone() if self.device is None else pixels.to(self.device)
+                samples[i] = Pair(sample_of(samples[i]), own)  # not a view into a whole stack
         self._seen = int(state["seen"])
-        self._rng.setstate(_rng_state_from_list(state["rng"]))
+        set_rng_state(self._rng, state["rng"])
         if "keys" in state:
-            keys, self._tau = [float(k) for k in state["keys"]], float(state["tau"])
-            self._keys.setstate(_rng_state_from_list(state["key_rng"]))
+            keys, self._tau = [float(k) for k in _floats(state["keys"])], float(state["tau"])
+            set_rng_state(self._keys, state["key_rng"])
         else:  # an Algorithm R state: its residents are uniform, so give them uniform keys
             evicted = len(samples) < self._seen
             self._tau = len(samples) / self._seen if evicted else math.inf
@@ -172,46 +177,25 @@ class ReplayBuffer:
         self._enforce_budget()
 
 
-def _to_host(entries: list[Entry], non_blocking: bool) -> dict[int, torch.Tensor]:
+def _to_host(entries: list[Entry], non_blocking: bool) -> list[tuple[list[int], torch.Tensor]]:
     """Residents' pixels held on a device, copied to the host in one transfer (not one
-    synchronising copy each): {index: host tensor}. Empty when none, or not all alike."""
+    synchronising copy each): [(rows, their pixels stacked)]. Empty when none, or not all
+    alike (then each is copied on its own, on the writer thread)."""
     rows = [i for i, e in enumerate(entries) if isinstance(e, Pair) and e.pixels.is_cuda]
     kinds = {(entries[i].pixels.shape, entries[i].pixels.dtype) for i in rows}  # type: ignore[union-attr]
     if not rows or len(kinds) != 1:
-        return {}
+        return []
     stacked = torch.stack([entries[i].pixels for i in rows])  # type: ignore[union-attr]
     host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
     host.copy_(stacked, non_blocking=non_blocking)
-    return {i: host[n] for n, i in enumerate(rows)}  # .cpu() of a view: itself; cloned below
+    return [(rows, host)]
 
 
-def _host_pixels(on_host: dict[int, torch.Tensor], i: int, entry: Entry) -> torch.Tensor | None:
-    if not isinstance(entry, Pair):
-        return None
-    if i in on_host:
-        return on_host[i].clone()  # its own storage, not a view into the whole transfer
-    return entry.pixels.cpu()
-
-
-def _item_state(entry: Entry) -> dict[str, Any]:
-    sample = sample_of(entry)  # its fields are strings, bytes and numbers: shared, not copied
-    item = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}
-    if isinstance(entry, Pair):  # its image was dropped; b"" pickles as a global weights_only
-        item["image"] = None  # refuses to load
-    return item
+def _floats(keys: Any) -> list[float]:
+    return keys.tolist() if isinstance(keys, torch.Tensor) else list(keys)
 
 
 def _size(entry: Entry) -> int:
     if isinstance(entry, Pair):
         return entry.pixels.nbytes + len(entry.sample.text.encode())
     return len(entry.image) + len(entry.text.encode())
-
-
-def _rng_state_to_list(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _rng_state_from_list(state: Sequence) -> tuple:
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)

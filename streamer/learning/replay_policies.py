@@ -19,6 +19,7 @@ import torch
 
 from streamer.config import ReplayConfig
 from streamer.learning.replay import Entry, ReplayBuffer, sample_of
+from streamer.learning.replay_state import rng_state, set_rng_state
 from streamer.records import Sample
 
 WindowOf = Callable[[Sample], str]
@@ -86,12 +87,17 @@ class PerWindowReplay:
         return sum(b.nbytes for b in self.windows.values())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"policy": "per_window", "seen": self._seen, "rng": _rng_list(self._rng),
-                "windows": {w: b.state_dict() for w, b in self.windows.items()}}  # fmt: skip
+        return self.frozen(non_blocking=False)()
+
+    def frozen(self, non_blocking: bool = True) -> Callable[[], dict[str, Any]]:
+        """As `ReplayBuffer.frozen`: each window's state as of now, built later."""
+        fixed = {"policy": "per_window", "seen": self._seen, "rng": rng_state(self._rng)}
+        parts = {w: b.frozen(non_blocking) for w, b in self.windows.items()}
+        return lambda: {**fixed, "windows": {w: build() for w, build in parts.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._seen = int(state["seen"])
-        self._rng.setstate(_rng_tuple(state["rng"]))
+        set_rng_state(self._rng, state["rng"])
         self.windows = {}
         for window in state["windows"]:
             self.windows[window] = self._new(window)
@@ -157,16 +163,21 @@ class RecentAndReservoirReplay:
         return self.old.nbytes + self.recent.nbytes  # a sample in both parts counts twice
 
     def state_dict(self) -> dict[str, Any]:
-        return {"policy": "recent_and_reservoir", "window": self.window,
-                "old": self.old.state_dict(), "recent": self.recent.state_dict(),
-                "rng": _rng_list(self._rng)}  # fmt: skip
+        return self.frozen(non_blocking=False)()
+
+    def frozen(self, non_blocking: bool = True) -> Callable[[], dict[str, Any]]:
+        """As `ReplayBuffer.frozen`: both parts' state as of now, built later."""
+        fixed = {"policy": "recent_and_reservoir", "window": self.window,
+                 "rng": rng_state(self._rng)}  # fmt: skip
+        old, recent = self.old.frozen(non_blocking), self.recent.frozen(non_blocking)
+        return lambda: {**fixed, "old": old(), "recent": recent()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.window = state["window"]
         self.recent = self._new_recent()
         self.old.load_state_dict(state["old"])
         self.recent.load_state_dict(state["recent"])
-        self._rng.setstate(_rng_tuple(state["rng"]))
+        set_rng_state(self._rng, state["rng"])
 
 
 def build_replay(cfg: ReplayConfig, seed: int, window_of: WindowOf, device=None):
@@ -178,13 +189,3 @@ def build_replay(cfg: ReplayConfig, seed: int, window_of: WindowOf, device=None)
     if cfg.policy == "recent_and_reservoir":
         return RecentAndReservoirReplay(cfg, seed, window_of, keep)
     return ReplayBuffer(cfg.capacity, cfg.max_bytes, seed, cfg.store, keep)
-
-
-def _rng_list(rng: random.Random) -> list:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def _rng_tuple(state: list) -> tuple:
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
