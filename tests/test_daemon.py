@@ -3,6 +3,7 @@ revocation, floods, failures and damaged checkpoints, in milliseconds per step."
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -158,6 +159,17 @@ def test_with_every_checkpoint_damaged_the_daemon_refuses_to_start(tmp_path, dig
     second = Run(settings, again).until(lambda d: False)
     assert second.code == 1 and second.daemon.state == "failed"
     assert second.daemon.ledger.accounted == 0 and not again.commits
+
+
+def test_start_up_objects_are_out_of_the_collectors_view_while_it_runs(tmp_path, digit_stream):
+    frozen: list[int] = []
+    source = MemorySource(_records(digit_stream[:32]), lambda raw: None)
+    run = Run(
+        _settings(tmp_path), source, on_step=lambda _o, _d: frozen.append(gc.get_freeze_count())
+    )
+    run.until(lambda d: frozen)
+    assert frozen[0] > 10_000  # torch's and the rest: a full collection no longer scans them
+    assert gc.get_freeze_count() == 0  # stopped: a later daemon in this process collects them
 
 
 def test_revoked_partitions_are_checkpointed_and_committed_before_they_leave(
