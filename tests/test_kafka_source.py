@@ -10,6 +10,7 @@ import torch
 from kafka import TopicPartition
 
 from streamer.config import KafkaConfig
+from streamer.intake.kafka_group import backpressure
 from streamer.intake.kafka_source import KafkaSource
 from streamer.records import DecodeError, Pair, Sample
 
@@ -71,3 +72,17 @@ def test_records_fetched_while_closing_are_dropped_not_a_crash():
     source.close()  # the poll thread may still hand in a fetch it made just before
     source._enqueue(TopicPartition("pairs", 0), [_record(0)])  # uncommitted: re-read later
     assert source.failure() is None
+
+
+def test_the_queue_refills_in_small_steps_and_a_poll_never_overfills_it():
+    cap, paused, buffered, refills = 2048, False, 0, []
+    for _ in range(400):  # a poll thread and a consumer taking 32 a turn
+        paused, room = backpressure(buffered, cap, paused)
+        assert buffered + (0 if paused else room) <= max(cap, buffered) and room >= 1
+        if not paused:
+            refills.append(room)
+            buffered += room
+        buffered = max(0, buffered - 32)
+    assert max(refills[20:]) <= cap // 16 + 32  # past the first fill: a sixteenth at a time
+    assert backpressure(0, cap, True) == (False, 500)  # drained: resumed, a full poll
+    assert backpressure(5000, cap, False) == (True, 1)  # over (a rebalance's refetch): paused

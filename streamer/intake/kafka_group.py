@@ -102,6 +102,19 @@ def position(
         consumer.seek_to_end(tp)
 
 
+def backpressure(buffered: int, cap: int, paused: bool, most: int = 500) -> tuple[bool, int]:
+    """(paused, records the next poll may take) for a queue of `cap` holding `buffered`:
+    paused once full, resumed once a sixteenth of it drained, a poll never past full.
+
+    Refills stay small so decoding keeps pace with training instead of coming in bursts:
+    refilling half the queue at once took ~600 ms of CPU from one step on 2 cores."""
+    if buffered >= cap:
+        paused = True
+    elif buffered <= cap - max(1, cap // 16):
+        paused = False
+    return paused, max(1, min(most, cap - buffered))
+
+
 def commit_payload(offsets: dict[Partition, int], metadata: str) -> dict:
     """Next-offsets by partition -> kafka-python's commit argument, with the checkpoint id."""
     return {

@@ -25,6 +25,7 @@ from streamer.config import KafkaConfig
 from streamer.intake.kafka_group import (
     Listener,
     assign_share,
+    backpressure,
     commit_payload,
     consumer_options,
     find_unreadable,
@@ -261,25 +262,16 @@ class KafkaSource:
         log.info("partitions assigned", partitions=sorted(self.assigned))
 
     def _apply_backpressure(self, consumer: KafkaConsumer) -> int:
-        """Pause every assigned partition while the queue is full; resume once a sixteenth of
-        it drained; returns how many records the next poll may take (up to full).
-
-        Refills stay small so decoding keeps pace with training instead of coming in bursts:
-        refilling half the queue at once took ~600 ms of CPU from one step on 2 cores.
-        Re-applied on every loop, so partitions assigned by a rebalance are paused too.
-        """
-        cap = self.cfg.queue_records
+        """`backpressure` applied to every assigned partition; how many records the next poll
+        may take. Re-applied on every loop, so partitions a rebalance assigns are paused too."""
         buffered = self._raw.qsize() + self._ready.qsize()
-        if buffered >= cap:
-            self._paused = True
-        elif buffered <= cap - max(1, cap // 16):
-            self._paused = False
+        self._paused, room = backpressure(buffered, self.cfg.queue_records, self._paused)
         assignment = consumer.assignment()
         if self._paused and assignment:
             consumer.pause(*assignment)
         elif consumer.paused():
             consumer.resume(*consumer.paused())
-        return max(1, min(500, cap - buffered))
+        return room
 
     # -- decode pool and its ordering thread ------------------------------------------------
     def _decode_loop(self) -> None:
