@@ -83,6 +83,6 @@ def test_the_queue_refills_in_small_steps_and_a_poll_never_overfills_it():
             refills.append(room)
             buffered += room
         buffered = max(0, buffered - 32)
-    assert max(refills[20:]) <= cap // 16 + 32  # past the first fill: a sixteenth at a time
+    assert max(refills[20:]) <= cap // 64 + 32  # past the first fill: a 64th at a time
     assert backpressure(0, cap, True) == (False, 500)  # drained: resumed, a full poll
     assert backpressure(5000, cap, False) == (True, 1)  # over (a rebalance's refetch): paused
