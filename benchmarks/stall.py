@@ -11,17 +11,23 @@ Per daemon stage: the median interval between steps; for each checkpoint, the in
 holding its boundary and the worst of the next three (while the writer thread works), each
 minus the median; how long each checkpoint held the training thread (background: flush and
 copy; foreground: write, fsync and commit): the direct stall, which a shared machine's noise
-does not blur as it does intervals; and the mean rate from the third step to the last
-(records trained over wall time, checkpoints included), over bare's.
+does not blur as it does intervals; the other steps' p95 and largest excess over the median
+(bare's too): the noise of a shared machine, which the checkpoint figures are read against;
+and the mean rate from the third step to the last (records trained over wall time,
+checkpoints included), over bare's. `--rounds N` alternates bare and daemon N
+times (a shared machine drifts by several percent over minutes). Both stages freeze
+start-up's objects for the cyclic GC (`settle_heap`) before their first step.
 
-    .venv/bin/python benchmarks/stall.py --model streamer-demo --seconds 60 --foreground
-    (GPU: see benchmarks/README.md, "Checkpoints and intake off the training thread")
+    .venv/bin/python benchmarks/stall.py --model streamer-demo --peft lora --seconds 40 \
+        --every 10 --rounds 4 --foreground --out-json benchmarks/results/stall-cpu-lora.json
+    (GPU: see benchmarks/README.md, "On a GPU node")
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import itertools
 import json
 import multiprocessing
@@ -43,7 +49,7 @@ from streamer.dev import datasets
 from streamer.dev.broker import EmbeddedBroker
 from streamer.dev.produce import publish
 from streamer.records import Pair
-from streamer.service.daemon import Daemon
+from streamer.service.daemon import Daemon, settle_heap
 from streamer.service.pipeline import build_engine
 
 WARMUP = 2
@@ -88,14 +94,18 @@ def bare(settings: Settings, seconds: float, records: str, threads: int) -> dict
     batch = settings.learner.batch_size
     pairs = [engine.to_pair(s) for s in samples(records, 8 * batch)]
     batches = itertools.cycle([pairs[i : i + batch] for i in range(0, len(pairs), batch)])
+    settle_heap()  # as the daemon does before its first step
     stamps: list[float] = []
-    while len(stamps) <= WARMUP or stamps[-1] - stamps[WARMUP] < seconds:
-        engine.learner.step(next(batches))
-        stamps.append(time.perf_counter())
+    with Collections() as pauses:
+        while len(stamps) <= WARMUP or stamps[-1] - stamps[WARMUP] < seconds:
+            engine.learner.step(next(batches))
+            stamps.append(time.perf_counter())
     rate = batch * (len(stamps) - 1 - WARMUP) / (stamps[-1] - stamps[WARMUP])
     steady = [b - a for a, b in itertools.pairwise(stamps[WARMUP:])]
-    return {"records_per_s": rate, "median_interval_s": statistics.median(steady),
-            "steps": len(stamps)}  # fmt: skip
+    median = statistics.median(steady)
+    return {"records_per_s": rate, "median_interval_s": median, "steps": len(stamps),
+            **_spread("other", [g - median for g in steady]), "gc": pauses.summary(),
+            "intervals_ms": [round(1000 * g, 1) for g in steady]}  # fmt: skip
 
 
 def daemon(settings: Settings, seconds: float, records: str, threads: int) -> dict[str, Any]:
@@ -128,12 +138,25 @@ def daemon(settings: Settings, seconds: float, records: str, threads: int) -> di
             return done
 
         setattr(d.persistence, name, noted)
+    writer: list[float] = []  # the writer thread's CPU time per background checkpoint
+    real_write = d.persistence._write
+
+    def timed(*a, **k):
+        started = time.thread_time()
+        try:
+            return real_write(*a, **k)
+        finally:
+            writer.append(time.thread_time() - started)
+
+    d.persistence._write = timed  # type: ignore[method-assign]
     d.on_step = on_step
-    d.run()
+    with Collections() as pauses:
+        d.run()
     out = summary(stamps, marks[:-1], d)  # the last: the final one, after the run
-    out["held_s"] = held[:-1]
+    out["held_s"], out["gc"] = held[:-1], pauses.summary()
     out["held_s_median"] = statistics.median(held[:-1]) if len(held) > 1 else None
     out["held_s_max"] = max(held[:-1], default=None)
+    out["writer_cpu_s"] = writer
     return out
 
 
@@ -144,6 +167,7 @@ def summary(stamps: dict, marks: list[int], d: Daemon) -> dict[str, Any]:
     around = [{"step": m, "boundary_over_median_s": gaps[m + 1] - median,
                "worst_next3_over_median_s": max(gaps.get(m + k, median) for k in (2, 3, 4))
                - median} for m in marks if m + 1 in gaps]  # fmt: skip
+    near = {m + k for m in marks for k in (1, 2, 3, 4)}  # a checkpoint's boundary and next 3
     (t0, n0), (t1, n1) = stamps[steps[0]], stamps[steps[-1]]
     registry = d.metrics.registry
     snap = registry.get_sample_value("streamer_checkpoint_snapshot_seconds_sum") or 0.0
@@ -155,6 +179,10 @@ def summary(stamps: dict, marks: list[int], d: Daemon) -> dict[str, Any]:
                                           default=None),
         "max_next3_over_median_s": max((a["worst_next3_over_median_s"] for a in around),
                                        default=None),
+        "median_boundary_over_median_s": statistics.median(
+            [a["boundary_over_median_s"] for a in around]) if around else None,
+        **_spread("other", [g - median for s, g in gaps.items() if s not in near]),
+        "intervals_ms": {s: round(1000 * g, 1) for s, g in gaps.items()},
         "snapshot_s_mean": snap / count if count else None,
         "replay_entries": len(d.engine.replay),
     }  # fmt: skip
@@ -181,6 +209,7 @@ def main() -> None:
     add("--seconds", type=float, default=60.0, help="Steps timed per stage.")
     add("--rate", type=float, default=None, help="Records/s to provision (default: bare's).")
     add("--foreground", action="store_true", help="Also the daemon with background: false.")
+    add("--rounds", type=int, default=1, help="Bare and daemon stages alternated this often.")
     add("--threads", type=int, default=2)
     add("--out-json", type=Path, default=Path("benchmarks/results/stall.json"))
     args = parser.parse_args()
@@ -190,34 +219,79 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="streamer-stall-"))
     with EmbeddedBroker() as broker:
         modes = [True, False] if args.foreground else [True]
-        topics = {bg: f"stall-{'bg' if bg else 'fg'}-{int(time.time())}" for bg in modes}
-        make = {bg: settings_for(args, topics[bg], broker.bootstrap, tmp, bg) for bg in modes}
+        stamp = int(time.time())
+        make = [{bg: settings_for(args, f"stall-{'bg' if bg else 'fg'}-{stamp}-{r}",
+                                  broker.bootstrap, tmp, bg) for bg in modes}
+                for r in range(args.rounds)]  # fmt: skip
+        kafkas = [settings[bg].kafka for settings in make for bg in modes]
         started = time.monotonic()
         producers: list[threading.Thread] = []
         if args.rate:  # provisioned up front: produced while bare runs
-            producers = produce(args, args.rate, [make[bg].kafka for bg in modes], out)
-        out["stages"]["bare"] = in_process(bare, make[True], args.seconds, args.records,
-                                          args.threads)  # fmt: skip
-        print(json.dumps(out["stages"]["bare"]), flush=True)
-        if not args.rate:
-            rate = out["stages"]["bare"]["records_per_s"]
-            producers = produce(args, rate, [make[bg].kafka for bg in modes], out)
-        for p in producers:
-            p.join()
-        for bg in modes:
-            name = "daemon_background" if bg else "daemon_foreground"
-            out["stages"][name] = in_process(daemon, make[bg], args.seconds, args.records,
-                                             args.threads)  # fmt: skip
-            stage = out["stages"][name]
-            stage["over_bare"] = (stage["records_per_s"]
-                                  / out["stages"]["bare"]["records_per_s"])  # fmt: skip
-            print(json.dumps(out["stages"][name]), flush=True)
+            producers = produce(args, args.rate, kafkas, out)
+        rounds: list[dict[str, Any]] = []
+        for settings in make:  # bare and daemon alternate: drift falls on both
+            stages = {"bare": in_process(bare, settings[True], args.seconds, args.records,
+                                         args.threads)}  # fmt: skip
+            print(json.dumps(stages["bare"]), flush=True)
+            if not producers:
+                producers = produce(args, stages["bare"]["records_per_s"], kafkas, out)
+            for p in producers:
+                p.join()
+            for bg in modes:
+                name = "daemon_background" if bg else "daemon_foreground"
+                stage = in_process(daemon, settings[bg], args.seconds, args.records, args.threads)
+                stage["over_bare"] = stage["records_per_s"] / stages["bare"]["records_per_s"]
+                stages[name] = stage
+                print(json.dumps(stage), flush=True)
+            rounds.append(stages)
+        out["rounds"], out["stages"] = rounds, pooled(rounds)
         out["wall_s"] = time.monotonic() - started
     shutil.rmtree(tmp, ignore_errors=True)
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(out, indent=1) + "\n")
     args.out_json.with_suffix(".md").write_text(markdown(out) + "\n")
     print(markdown(out))
+
+
+def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every round's stages as one: rates and ratios as the median over rounds, step
+    intervals as excess over their own round's median, pooled."""
+    out: dict[str, Any] = {}
+    for name in rounds[0]:
+        runs = [r[name] for r in rounds]
+        stage: dict[str, Any] = {
+            "records_per_s": statistics.median(r["records_per_s"] for r in runs),
+            "median_interval_s": statistics.median(r["median_interval_s"] for r in runs),
+            "rounds": len(runs), "steps": sum(r["steps"] for r in runs),
+        }  # fmt: skip
+        if name == "bare":
+            excess = [g / 1000 - r["median_interval_s"] for r in runs for g in r["intervals_ms"]]
+            out[name] = {**stage, **_spread("other", excess)}
+            continue
+        checkpoints = [c for r in runs for c in r["checkpoints"]]
+        boundary = [c["boundary_over_median_s"] for c in checkpoints]
+        held = [h for r in runs for h in r["held_s"]]
+        cpu = [c for r in runs for c in r.get("writer_cpu_s", [])]
+        other = [g / 1000 - r["median_interval_s"] for r in runs
+                 for s, g in r["intervals_ms"].items() if int(s) not in _near(r)]  # fmt: skip
+        out[name] = {
+            **stage, "checkpoints": checkpoints,
+            "over_bare": statistics.median(r["over_bare"] for r in runs),
+            "over_bare_rounds": [r["over_bare"] for r in runs],
+            "median_boundary_over_median_s": statistics.median(boundary) if boundary else None,
+            "max_boundary_over_median_s": max(boundary, default=None),
+            "max_next3_over_median_s": max((c["worst_next3_over_median_s"] for c in checkpoints),
+                                           default=None),
+            "held_s_median": statistics.median(held) if held else None,
+            "held_s_max": max(held, default=None), **_spread("other", other),
+            "writer_cpu_s_median": statistics.median(cpu) if cpu else None,
+            "writer_cpu_s_max": max(cpu, default=None),
+        }  # fmt: skip
+    return out
+
+
+def _near(stage: dict[str, Any]) -> set[int]:
+    return {c["step"] + k for c in stage["checkpoints"] for k in (1, 2, 3, 4)}
 
 
 def produce(args, rate: float, topics: list, out: dict) -> list[threading.Thread]:
@@ -243,25 +317,79 @@ def markdown(out: dict[str, Any]) -> str:
     lines = [f"# Checkpoint stall and daemon/bare ({m['device']})", "", f"`{out['command']}`  ",
              f"{m['platform']}, Python {m['python']}, torch {m['torch']}, {m['cpus']} CPUs"
              + (f", {m['gpu']}" if m["gpu"] else ""), "",
+             f"{bare_.get('rounds', 1)} round(s), bare and daemon alternated, each stage a fresh "
+             "process: records/s and / bare are medians over rounds (each round's ratio in "
+             "brackets); step intervals are taken over their own round's median, then pooled.",
+             "",
              "| stage | records/s (mean, whole run) | / bare | median step interval s | "
-             "checkpoints | boundary interval over median, max ms | next 3 over median, "
-             "max ms | training thread held, median / max ms |",
-             "|---|---|---|---|---|---|---|---|",
+             "checkpoints | step holding the boundary over median, median / max ms | next 3 "
+             "over median, max ms | other steps over median, p95 / max ms | training thread "
+             "held, median / max ms | writer thread CPU, median / max ms |",
+             "|---|---|---|---|---|---|---|---|---|---|",
              f"| bare | {bare_['records_per_s']:.1f} | 1.00 | {bare_['median_interval_s']:.3f} "
-             "| – | – | – | – |"]  # fmt: skip
+             f"| – | – | – | {_pair(bare_, 'other_p95', 'other_max')} | – | – |"]  # fmt: skip
     for name in ("daemon_background", "daemon_foreground"):
         s = out["stages"].get(name)
         if s is None:
             continue
         snap = (f"{1000 * s['held_s_median']:.0f} / {1000 * s['held_s_max']:.0f}"
                 if s.get("held_s_median") is not None else "–")  # fmt: skip
+        ratios = ", ".join(f"{r:.2f}" for r in s.get("over_bare_rounds", []))
         lines.append(
-            f"| {name.replace('_', ', ')} | {s['records_per_s']:.1f} | {s['over_bare']:.2f} | "
+            f"| {name.replace('_', ', ')} | {s['records_per_s']:.1f} | {s['over_bare']:.2f}"
+            f"{f' ({ratios})' if len(s.get('over_bare_rounds', [])) > 1 else ''} | "
             f"{s['median_interval_s']:.3f} | {len(s['checkpoints'])} | "
-            f"{_ms(s['max_boundary_over_median_s'])} | {_ms(s['max_next3_over_median_s'])} | "
-            f"{snap} |"
+            f"{_pair(s, 'median_boundary', 'max_boundary')} | "
+            f"{_ms(s['max_next3_over_median_s'])} | {_pair(s, 'other_p95', 'other_max')} | "
+            f"{snap} | {_pair(s, 'writer_cpu_s_median', 'writer_cpu_s_max', suffix='')} |"
         )
     return "\n".join(lines)
+
+
+class Collections:
+    """The cyclic GC's pauses while it is entered (any thread's: they stop them all)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._started = 0.0
+
+    def _note(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._note)
+
+    def summary(self) -> dict[str, list[float]]:
+        """Per generation: [collections, total ms, longest ms]."""
+        out = {}
+        for gen in range(3):
+            ms = [1000 * t for g, t in self.pauses if g == gen]
+            out[str(gen)] = [len(ms), round(sum(ms), 1), round(max(ms, default=0.0), 1)]
+        return out
+
+
+def _spread(name: str, excess: list[float]) -> dict[str, float | None]:
+    """How far steps run over the median: the noise a checkpoint's figures are read against."""
+    ranked = sorted(excess)
+    p95 = ranked[min(len(ranked) - 1, int(0.95 * len(ranked)))] if ranked else None
+    return {
+        f"{name}_p95_over_median_s": p95,
+        f"{name}_max_over_median_s": max(ranked, default=None),
+    }
+
+
+def _pair(stage: dict, first: str, second: str, suffix: str = "_over_median_s") -> str:
+    a, b = (stage.get(f"{k}{suffix}") for k in (first, second))
+    if not suffix:  # durations, not excesses: no sign
+        return "–" if a is None else f"{1000 * a:.0f} / {1000 * b:.0f}"
+    return f"{_ms(a)} / {_ms(b)}"
 
 
 def _ms(seconds: float | None) -> str:
