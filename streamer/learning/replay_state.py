@@ -4,7 +4,7 @@ torch.save calls back into Python for every object it pickles, holding the GIL t
 thread needs between its ops; 2,000 residents as one dict each are ~30,000 objects, so a
 background checkpoint slowed the steps it overlapped by the time it took to pickle them.
 As columns (the text fields as one JSON document, the images as one byte tensor, pixels
-from a device as one stack) they are a dozen objects, whatever the capacity. A host
+from a device as one stack) they are a few hundred objects, whatever the capacity. A host
 `pixels` store adds one tensor per resident: stacking them would copy the whole store.
 
 `unpack` reads both this layout and the list of dicts earlier checkpoints hold.
