@@ -87,37 +87,22 @@ def _checkpoint_round_trip(state: dict) -> dict:
     return torch.load(buffer, weights_only=True)
 
 
-def _identical(a, b, path: str = "") -> None:
-    """Equal exactly, tensors included (a replay's state holds its columns as tensors)."""
-    assert type(a) is type(b), path
+def _same(a, b, path: str = "", exact: bool = False) -> None:
+    """Equal, tensors included; floats within 1e-5 relative (1e-6 absolute) unless `exact`,
+    NaN equal to NaN."""
     if isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for key in a:
-            _identical(a[key], b[key], f"{path}.{key}")
+            _same(a[key], b[key], f"{path}.{key}", exact)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _identical(x, y, f"{path}[{i}]")
+            _same(x, y, f"{path}[{i}]", exact)
+    elif isinstance(a, float):
+        close = a == b if exact else math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+        assert (a != a and b != b) or close, path
     elif isinstance(a, torch.Tensor):
         assert a.dtype == b.dtype and torch.equal(a, b), path
-    else:
-        assert a == b, path
-
-
-def _same(a, b, path: str = "") -> None:
-    """Equal, except floats: within 1e-5 relative (1e-6 absolute), NaN equal to NaN."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            _same(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert (a != a and b != b) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), path
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
     else:
         assert a == b, path
 
@@ -145,7 +130,7 @@ def test_state_round_trip_gives_bit_identical_continuation(digit_stream):
     assert all(torch.equal(a[k], b[k]) for k in a)
     optimizer_a, optimizer_b = straight.learner.optimizer, resumed.learner.optimizer
     _same(optimizer_a.state_dict()["state"], optimizer_b.state_dict()["state"])
-    _identical(straight.replay.state_dict(), resumed.replay.state_dict())
+    _same(straight.replay.state_dict(), resumed.replay.state_dict(), exact=True)
     assert straight.learner.steps == resumed.learner.steps
     assert straight.learner.labels == resumed.learner.labels
     _same(dataclasses.asdict(report_a), dataclasses.asdict(report_b))
