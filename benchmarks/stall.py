@@ -167,7 +167,7 @@ def summary(stamps: dict, marks: list[int], d: Daemon) -> dict[str, Any]:
     around = [{"step": m, "boundary_over_median_s": gaps[m + 1] - median,
                "worst_next3_over_median_s": max(gaps.get(m + k, median) for k in (2, 3, 4))
                - median} for m in marks if m + 1 in gaps]  # fmt: skip
-    near = {m + k for m in marks for k in (1, 2, 3, 4)}  # a checkpoint's boundary and next 3
+    near = _near(marks)
     (t0, n0), (t1, n1) = stamps[steps[0]], stamps[steps[-1]]
     registry = d.metrics.registry
     snap = registry.get_sample_value("streamer_checkpoint_snapshot_seconds_sum") or 0.0
@@ -272,8 +272,11 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         boundary = [c["boundary_over_median_s"] for c in checkpoints]
         held = [h for r in runs for h in r["held_s"]]
         cpu = [c for r in runs for c in r.get("writer_cpu_s", [])]
-        other = [g / 1000 - r["median_interval_s"] for r in runs
-                 for s, g in r["intervals_ms"].items() if int(s) not in _near(r)]  # fmt: skip
+        other = []
+        for r in runs:
+            near = _near([c["step"] for c in r["checkpoints"]])
+            other += [g / 1000 - r["median_interval_s"] for s, g in r["intervals_ms"].items()
+                      if int(s) not in near]  # fmt: skip
         out[name] = {
             **stage, "checkpoints": checkpoints,
             "over_bare": statistics.median(r["over_bare"] for r in runs),
@@ -290,8 +293,9 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _near(stage: dict[str, Any]) -> set[int]:
-    return {c["step"] + k for c in stage["checkpoints"] for k in (1, 2, 3, 4)}
+def _near(marks: list[int]) -> set[int]:
+    """Steps whose interval holds a checkpoint's boundary, or is one of the next three."""
+    return {m + k for m in marks for k in (1, 2, 3, 4)}
 
 
 def produce(args, rate: float, topics: list, out: dict) -> list[threading.Thread]:

@@ -165,7 +165,7 @@ class ReplayBuffer:
         self._seen = int(state["seen"])
         set_rng_state(self._rng, state["rng"])
         if "keys" in state:
-            keys, self._tau = [float(k) for k in _floats(state["keys"])], float(state["tau"])
+            keys, self._tau = _floats(state["keys"]), float(state["tau"])
             set_rng_state(self._keys, state["key_rng"])
         else:  # an Algorithm R state: its residents are uniform, so give them uniform keys
             evicted = len(samples) < self._seen
@@ -192,7 +192,8 @@ def _to_host(entries: list[Entry], non_blocking: bool) -> list[tuple[list[int], 
 
 
 def _floats(keys: Any) -> list[float]:
-    return keys.tolist() if isinstance(keys, torch.Tensor) else list(keys)
+    """Keys as saved: a float64 tensor, or the list earlier checkpoints hold."""
+    return [float(k) for k in (keys.tolist() if isinstance(keys, torch.Tensor) else keys)]
 
 
 def _size(entry: Entry) -> int:
