@@ -27,6 +27,7 @@ from streamer.learning.peft import (
     towers,
 )
 from streamer.learning.precision import keep_frozen_in, upload
+from streamer.learning.tokens import Tokens
 
 BUILTIN_CONFIGS = Path(__file__).parent / "model_configs"  # in the wheel
 REPO_CONFIGS = Path(__file__).parents[2] / "configs" / "models"  # in a source checkout
@@ -113,7 +114,7 @@ class ClipModel:
         self.preprocess = preprocess
         self._geometry, mean, std = _split_preprocess(preprocess)
         self.image_size = _image_size(preprocess)
-        self.tokenizer = open_clip.get_tokenizer(cfg.arch)
+        self.tokenizer = Tokens(open_clip.get_tokenizer(cfg.arch))  # shared with the decoder
         self.frozen_base = None if cfg.peft.mode == "lora" else copy.deepcopy(net).eval()
         apply_peft(net, cfg.peft, seed)
         self.net = net.to(device).eval()
