@@ -35,7 +35,7 @@ def records(values: list[bytes]) -> list[RawRecord]:
 
 
 def drain(pool, raws: list[RawRecord]) -> list[Item]:
-    handles = [pool.submit(raw) for raw in raws]
+    handles = pool.submit_many(raws)
     try:
         return [pool.item(handle) for handle in handles]
     finally:
@@ -85,3 +85,19 @@ def test_a_ready_item_passes_either_pool_unchanged():
     pool = ThreadPool(toy_decode, 1)
     assert pool.item(ready(refused)) is refused
     pool.shutdown()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_threads_decode_a_poll_in_chunks_and_hand_items_back_in_order(workers):
+    values = [b"bad" if n % 7 == 3 else b"ok" for n in range(40)]
+    pool = ThreadPool(toy_decode, workers)
+    handles = pool.submit_many(records(values))
+    tasks = {id(handle[0]) for handle in handles}
+    assert 40 / 16 <= len(tasks) <= max(workers, 40 / 16 + 1)  # chunks, one per worker at least
+    items = [pool.item(handle) for handle in handles]
+    pool.shutdown()
+    assert [i.raw.offset for i in items] == list(range(40))
+    assert [i.error.reason if i.error else int(i.pair.sample.id) for i in items] == [
+        "not_json" if n % 7 == 3 else n for n in range(40)
+    ]
+    assert pool.submit_many([]) == []

@@ -117,6 +117,19 @@ def backpressure(buffered: int, cap: int, paused: bool, most: int = 500) -> tupl
     return paused, max(1, min(most, cap - buffered))
 
 
+def apply_backpressure(consumer: KafkaConsumer, buffered: int, cap: int,
+                       paused: bool) -> tuple[bool, int]:  # fmt: skip
+    """`backpressure` applied to every assigned partition. Re-applied on every poll, so the
+    partitions a rebalance assigns are paused too."""
+    paused, room = backpressure(buffered, cap, paused)
+    assignment = consumer.assignment()
+    if paused and assignment:
+        consumer.pause(*assignment)
+    elif consumer.paused():
+        consumer.resume(*consumer.paused())
+    return paused, room
+
+
 def commit_payload(offsets: dict[Partition, int], metadata: str) -> dict:
     """Next-offsets by partition -> kafka-python's commit argument, with the checkpoint id."""
     return {

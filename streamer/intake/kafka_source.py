@@ -24,8 +24,8 @@ from kafka.errors import KafkaError
 from streamer.config import KafkaConfig
 from streamer.intake.kafka_group import (
     Listener,
+    apply_backpressure,
     assign_share,
-    backpressure,
     commit_payload,
     consumer_options,
     find_unreadable,
@@ -46,6 +46,7 @@ from streamer.intake.source import (
 from streamer.records import DecodeError, Partition, RawRecord
 
 log = structlog.get_logger(__name__)
+PAUSED_POLL_SECONDS = 0.5  # paused, a poll this often still serves the group
 
 
 def _to_item(raw: RawRecord, decode: Decode) -> Item:  # looked up at each call: replaceable
@@ -71,6 +72,7 @@ class KafkaSource:
         self._ready: queue.Queue[tuple[Item, int]] = queue.Queue()
         self._epochs: dict[Partition, int] = {}  # bumped when a partition leaves us
         self._lock, self._stop = threading.Lock(), threading.Event()
+        self._taken = threading.Event()  # the training thread took records: room to refill
         self._consumer: KafkaConsumer | None = None
         self.revocation: Revocation | None = None
         self._failure: str | None = None
@@ -104,6 +106,7 @@ class KafkaSource:
                 continue
             if epoch == self._epochs.get(item.partition, 0):  # else: from a partition we gave up
                 items.append(item)
+        self._taken.set()
         return items
 
     def pending_revocation(self) -> Revocation | None:
@@ -135,6 +138,7 @@ class KafkaSource:
 
     def close(self) -> None:
         self._stop.set()
+        self._taken.set()  # a paused poll thread sees the stop at once
         self._raw.put(None)  # wakes the decode thread even if the poll thread died first
         self._pool.shutdown()
         for thread in self._threads:
@@ -167,8 +171,12 @@ class KafkaSource:
         failing_since: float | None = None
         while consumer is not None and not self._stop.is_set():
             room = self._apply_backpressure(consumer)
-            try:
-                batches = consumer.poll(timeout_ms=100, max_records=room)
+            if self._paused:  # wait for training to take records (poll's loop spun 85/s)
+                self._taken.wait(PAUSED_POLL_SECONDS)
+                self._taken.clear()
+                room = self._apply_backpressure(consumer)
+            try:  # paused, a poll only serves the group (rebalances, commits)
+                batches = consumer.poll(timeout_ms=0 if self._paused else 100, max_records=room)
             except Exception as exc:
                 failing_since = None if is_connectivity(exc) else failing_since or time.monotonic()
                 self._poll_failed(consumer, exc, failing_since)
@@ -208,20 +216,20 @@ class KafkaSource:
         detail = f"{type(error).__name__}: {error}"[:200]
         epoch = self._epochs.get((tp.topic, tp.partition), 0)
         refused = Item(raw, error=DecodeError("unreadable_record", detail))
-        self._submit(epoch, lambda: ready(refused))  # behind the records fetched before it
+        self._submit(epoch, lambda: [ready(refused)])  # behind the records fetched before it
         consumer.seek(tp, offset + 1)  # the record stays in the topic; its DLQ entry says where
         return True
 
     def _enqueue(self, tp: TopicPartition, records) -> None:
         epoch = self._epochs.get((tp.topic, tp.partition), 0)
-        for r in records:
-            raw = RawRecord(tp.topic, tp.partition, r.offset, r.value, r.key,
-                            tuple(r.headers or ()), r.timestamp)  # fmt: skip
-            self._submit(epoch, lambda raw=raw: self._pool.submit(raw))
+        raws = [RawRecord(tp.topic, tp.partition, r.offset, r.value, r.key,
+                          tuple(r.headers or ()), r.timestamp) for r in records]  # fmt: skip
+        self._submit(epoch, lambda: self._pool.submit_many(raws))
 
-    def _submit(self, epoch: int, handle: Callable[[], Handle]) -> None:
+    def _submit(self, epoch: int, handles: Callable[[], list[Handle]]) -> None:
         try:
-            self._raw.put((handle(), epoch))
+            for handle in handles():
+                self._raw.put((handle, epoch))
         except RuntimeError:  # closing: the pool is shut; nothing uncommitted is lost
             if not self._stop.is_set():
                 raise
@@ -262,15 +270,10 @@ class KafkaSource:
         log.info("partitions assigned", partitions=sorted(self.assigned))
 
     def _apply_backpressure(self, consumer: KafkaConsumer) -> int:
-        """`backpressure` applied to every assigned partition; how many records the next poll
-        may take. Re-applied on every loop, so partitions a rebalance assigns are paused too."""
+        """How many records the next poll may take (pausing or resuming the partitions)."""
         buffered = self._raw.qsize() + self._ready.qsize()
-        self._paused, room = backpressure(buffered, self.cfg.queue_records, self._paused)
-        assignment = consumer.assignment()
-        if self._paused and assignment:
-            consumer.pause(*assignment)
-        elif consumer.paused():
-            consumer.resume(*consumer.paused())
+        self._paused, room = apply_backpressure(consumer, buffered, self.cfg.queue_records,
+                                                self._paused)  # fmt: skip
         return room
 
     # -- decode pool and its ordering thread ------------------------------------------------
