@@ -17,7 +17,10 @@ for ViT-B/32 or B/16 while the model's own work stays small on 2 cores.
 from __future__ import annotations
 
 import itertools
+import os
+import re
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ MODELS = Path(__file__).parent / "models"
 SHAPE = {"batch_size": 64, "steps_per_batch": 3, "replay_per_step": 32}  # the defaults
 WARMUP = 2
 REPEATS = 3  # feed runs per worker count; the median is reported
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def web_records(n: int, seed: int = 0) -> list:
@@ -79,8 +83,13 @@ def decode_ms(n: int, threads: int) -> dict[str, Any]:
 
 def feed_capacity(bootstrap: str, topic: str, n: int, workers: int, threads: int,
                   mode: str = "threads", codec: str = "json",
-                  group: str | None = None) -> dict:  # fmt: skip
-    """Records/s from the topic through the decode pool into replay, nothing else per batch."""
+                  group: str | None = None, pace: float = 0.0) -> dict:  # fmt: skip
+    """Records/s from the topic through the decode pool into replay, nothing else per batch.
+
+    `pace` > 0: once the queue is full, a batch taken every `pace` seconds, as a training
+    thread would (intake under backpressure, refilling what is taken); then what counts is the
+    CPU each of this process's threads spent per record (decode processes, with mode
+    "processes", are not counted). The topic needs `kafka.queue_records` more than `n`."""
     torch.set_num_threads(threads)
     settings = settings_for("pixels", bootstrap, topic, codec, group)
     engine = build_engine(settings)
@@ -89,9 +98,10 @@ def feed_capacity(bootstrap: str, topic: str, n: int, workers: int, threads: int
     source = KafkaSource(settings.kafka, engine.decoder.decode, workers=workers, pool=pool)
     source.start(lambda _p, _g: None)
     stamps, got, refused = [], 0, 0
-    batch = SHAPE["batch_size"]
+    batch, cpu, spent = SHAPE["batch_size"], {}, {}
     try:
-        while got < n:
+        target = n
+        while got < target:
             items = source.get(batch, timeout=30 if got else 120)  # first: the group join
             if not items:
                 raise RuntimeError(f"feed stalled after {got} of {n} records")
@@ -102,11 +112,43 @@ def feed_capacity(bootstrap: str, topic: str, n: int, workers: int, threads: int
                     engine.replay.add(item.pair)  # the no-op step's only work
             got += len(items)
             stamps.append((time.perf_counter(), got))
+            if pace and len(stamps) == WARMUP + 1:  # measured from a full queue: refills only
+                while not source.stats().paused:
+                    time.sleep(0.05)
+                cpu, stamps[-1], target = thread_cpu(), (time.perf_counter(), got), got + n
+            time.sleep(pace)
+        spent = {k: v - cpu.get(k, 0.0) for k, v in thread_cpu().items()}
     finally:
         source.close()
     (t0, n0), (t1, n1) = stamps[WARMUP], stamps[-1]  # from the third batch: past group join
-    return {"workers": workers, "mode": mode, "codec": codec, "records": got,
-            "refused": refused, "records_per_s": (n1 - n0) / (t1 - t0)}  # fmt: skip
+    out = {
+        "workers": workers,
+        "mode": mode,
+        "codec": codec,
+        "records": got,
+        "refused": refused,
+        "records_per_s": (n1 - n0) / (t1 - t0),
+        "pace_s": pace,
+    }
+    if pace:
+        out["cpu_ms_per_record"] = {k: 1000 * v / (n1 - n0) for k, v in spent.items() if v > 0}
+    return out  # fmt: skip
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of each thread of this process, by name (Linux), numbered names
+    (decode-worker_0, _1, ...) summed."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = re.sub(r"[_-]?\d+$", "", names.get(int(tid), "other"))
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
 
 
 def overhead(store: str, n: int, threads: int) -> dict[str, Any]:

@@ -9,6 +9,10 @@ interleaved (--repeats), the median per configuration is reported.
 
     .venv/bin/python benchmarks/intake.py --workers 1 2 --codec json raw \\
         --modes threads processes --records 1280 --out-json benchmarks/results/intake-cpu.json
+
+`--pace S` takes a batch every S seconds, as a training thread would: the queue stays full and
+intake runs under backpressure, as it does beside training; the table then also gives the CPU
+each thread of the process spent per record (what intake takes from training on a shared CPU).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import torch
 
 from streamer.dev.broker import EmbeddedBroker
 from streamer.dev.produce import publish
+
+THREADS = ["MainThread", "kafka-poll", "kafka-io-streamer", "decode", "decode-worker"]
 
 
 def in_process(fn, *args) -> dict[str, Any]:
@@ -57,10 +63,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the consumer.")
     parser.add_argument("--device", default="cpu", help="Recorded only: decoding is on CPUs.")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="Take a batch every PACE s (as training would): CPU per record.",
+    )
     parser.add_argument("--out-json", type=Path, default=Path("benchmarks/results/intake.json"))
     args = parser.parse_args()
     started = time.monotonic()
-    made = records(args.records, args.distinct)
+    queue = feed.settings_for("pixels").kafka.queue_records  # paced: read ahead, then measured
+    made = records(args.records + (queue + 4 * feed.SHAPE["batch_size"] if args.pace else 0),
+                   args.distinct)  # fmt: skip
     runs: list[dict[str, Any]] = []
     with EmbeddedBroker() as broker:
         for codec in args.codec:
@@ -70,7 +84,8 @@ def main() -> None:
         for rep, codec, workers, mode in grid:
             group = f"g-{codec}-{mode}-{workers}-{rep}"
             run = in_process(feed.feed_capacity, broker.bootstrap, f"intake-{codec}",
-                             args.records, workers, args.threads, mode, codec, group)  # fmt: skip
+                             args.records, workers, args.threads, mode, codec, group,
+                             args.pace)  # fmt: skip
             print(json.dumps(run), flush=True)
             runs.append(run)
     out = {"command": " ".join(["benchmarks/intake.py", *sys.argv[1:]]),
@@ -105,6 +120,23 @@ def markdown(out: dict[str, Any], args) -> str:
         cells = [out["medians"].get(f"{codec}/{mode}/{w}") for w in args.workers]
         shown = " | ".join("–" if c is None else f"{c:.0f}" for c in cells)
         lines.append(f"| {codec} | {mode} | {shown} |")
+    if args.pace:
+        lines += ["", f"CPU per record of this process's threads, ms (a batch taken every "
+                  f"{args.pace:g} s: intake under backpressure, as beside training; median "
+                  "over repeats):", "", "| codec | mode | workers | " + " | ".join(THREADS)
+                  + " | all |", "|---|---|---|" + "---|" * (len(THREADS) + 1)]  # fmt: skip
+        for codec, mode, w in itertools.product(args.codec, args.modes, args.workers):
+            runs = [r for r in out["runs"] if (r["codec"], r["mode"], r["workers"])
+                    == (codec, mode, w)]  # fmt: skip
+            if runs:
+                cpu = [r["cpu_ms_per_record"] for r in runs]
+                cells = [statistics.median(c.get(t, 0.0) for c in cpu) for t in THREADS]
+                total = statistics.median(sum(c.values()) for c in cpu)
+                lines.append(
+                    f"| {codec} | {mode} | {w} | "
+                    + " | ".join(f"{c:.3f}" for c in cells)
+                    + f" | {total:.3f} |"
+                )
     return "\n".join(lines)
 
 
