@@ -36,7 +36,10 @@ import torch
 from streamer.dev.broker import EmbeddedBroker
 from streamer.dev.produce import publish
 
-THREADS = ["MainThread", "kafka-poll", "kafka-io-streamer", "decode", "decode-worker"]
+# this process's threads: the consumer, the poll loop, kafka-python's IO, the ordering thread,
+# decode threads; with processes, the executor's result thread (unnamed) and its call feeder
+THREADS = ["MainThread", "kafka-poll", "kafka-io-streamer", "decode", "decode-worker", "Thread",
+           "QueueFeederThread"]  # fmt: skip
 
 
 def in_process(fn, *args) -> dict[str, Any]:
