@@ -13,10 +13,12 @@ minus the median; how long each checkpoint held the training thread (background:
 copy; foreground: write, fsync and commit): the direct stall, which a shared machine's noise
 does not blur as it does intervals; the other steps' p95 and largest excess over the median
 (bare's too): the noise of a shared machine, which the checkpoint figures are read against;
-and the mean rate from the third step to the last (records trained over wall time,
-checkpoints included), over bare's. `--rounds N` alternates bare and daemon N
-times (a shared machine drifts by several percent over minutes). Both stages freeze
-start-up's objects for the cyclic GC (`settle_heap`) before their first step.
+the same over the median of the 5 steps before each (a shared machine has phases of seconds
+in which every step is slower, bare's too); and the mean rate from the third step to the
+last (records trained over wall time, checkpoints included), over bare's. `--rounds N`
+alternates bare and daemon N times (a shared machine drifts by several percent over
+minutes). Both stages freeze start-up's objects for the cyclic GC (`settle_heap`) before
+their first step. `--from-json RUN.json` pools a finished run's rounds again (and its .md).
 
     .venv/bin/python benchmarks/stall.py --model streamer-demo --peft lora --seconds 40 \
         --every 10 --rounds 4 --foreground --out-json benchmarks/results/stall-cpu-lora.json
@@ -212,7 +214,14 @@ def main() -> None:
     add("--rounds", type=int, default=1, help="Bare and daemon stages alternated this often.")
     add("--threads", type=int, default=2)
     add("--out-json", type=Path, default=Path("benchmarks/results/stall.json"))
+    add("--from-json", type=Path, help="Pool a finished run's rounds again (its .md, its stages).")
     args = parser.parse_args()
+    if args.from_json:
+        done = json.loads(args.from_json.read_text())
+        done["stages"] = pooled(done["rounds"])
+        args.from_json.write_text(json.dumps(done, indent=1) + "\n")
+        args.from_json.with_suffix(".md").write_text(markdown(done) + "\n")
+        return
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {"command": " ".join(["benchmarks/stall.py", *sys.argv[1:]]),
                            "machine": machine(args), "stages": {}}  # fmt: skip
@@ -266,17 +275,21 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         }  # fmt: skip
         if name == "bare":
             excess = [g / 1000 - r["median_interval_s"] for r in runs for g in r["intervals_ms"]]
-            out[name] = {**stage, **_spread("other", excess)}
+            local = [x for r in runs for x in _over_before(_gaps(r)).values()]
+            out[name] = {**stage, **_spread("other", excess), **_spread("local", local)}
             continue
         checkpoints = [c for r in runs for c in r["checkpoints"]]
         boundary = [c["boundary_over_median_s"] for c in checkpoints]
         held = [h for r in runs for h in r["held_s"]]
         cpu = [c for r in runs for c in r.get("writer_cpu_s", [])]
-        other = []
+        other, local, local_other = [], [], []
         for r in runs:
             near = _near([c["step"] for c in r["checkpoints"]])
             other += [g / 1000 - r["median_interval_s"] for s, g in r["intervals_ms"].items()
                       if int(s) not in near]  # fmt: skip
+            before = _over_before(_gaps(r))
+            local += [before[c["step"] + 1] for c in r["checkpoints"] if c["step"] + 1 in before]
+            local_other += [x for s, x in before.items() if s not in near]
         out[name] = {
             **stage, "checkpoints": checkpoints,
             "over_bare": statistics.median(r["over_bare"] for r in runs),
@@ -287,9 +300,31 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                                            default=None),
             "held_s_median": statistics.median(held) if held else None,
             "held_s_max": max(held, default=None), **_spread("other", other),
+            "median_boundary_over_local_s": statistics.median(local) if local else None,
+            "max_boundary_over_local_s": max(local, default=None),
+            **_spread("local", local_other),
             "writer_cpu_s_median": statistics.median(cpu) if cpu else None,
             "writer_cpu_s_max": max(cpu, default=None),
         }  # fmt: skip
+    return out
+
+
+def _gaps(run: dict[str, Any]) -> dict[int, float]:
+    """A stage's step intervals in seconds by step (bare's list counts from its first)."""
+    ms = run["intervals_ms"]
+    pairs = enumerate(ms) if isinstance(ms, list) else ((int(k), v) for k, v in ms.items())
+    return {step: v / 1000 for step, v in pairs}
+
+
+def _over_before(gaps: dict[int, float], k: int = 5) -> dict[int, float]:
+    """Each interval over the median of the k before it: a checkpoint's own cost, read apart
+    from the phases of several seconds in which a shared machine runs every step slower
+    (bare has them too)."""
+    out = {}
+    for step, gap in gaps.items():
+        before = [gaps[s] for s in range(step - k, step) if s in gaps]
+        if len(before) == k:
+            out[step] = gap - statistics.median(before)
     return out
 
 
@@ -327,11 +362,13 @@ def markdown(out: dict[str, Any]) -> str:
              "",
              "| stage | records/s (mean, whole run) | / bare | median step interval s | "
              "checkpoints | step holding the boundary over median, median / max ms | next 3 "
-             "over median, max ms | other steps over median, p95 / max ms | training thread "
-             "held, median / max ms | writer thread CPU, median / max ms |",
-             "|---|---|---|---|---|---|---|---|---|---|",
+             "over median, max ms | other steps over median, p95 / max ms | boundary step over "
+             "the 5 before it, median / max ms | other steps over the 5 before, p95 / max ms | "
+             "training thread held, median / max ms | writer thread CPU, median / max ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|",
              f"| bare | {bare_['records_per_s']:.1f} | 1.00 | {bare_['median_interval_s']:.3f} "
-             f"| – | – | – | {_pair(bare_, 'other_p95', 'other_max')} | – | – |"]  # fmt: skip
+             f"| – | – | – | {_pair(bare_, 'other_p95', 'other_max')} | – | "
+             f"{_pair(bare_, 'local_p95', 'local_max')} | – | – |"]  # fmt: skip
     for name in ("daemon_background", "daemon_foreground"):
         s = out["stages"].get(name)
         if s is None:
@@ -345,7 +382,9 @@ def markdown(out: dict[str, Any]) -> str:
             f"{s['median_interval_s']:.3f} | {len(s['checkpoints'])} | "
             f"{_pair(s, 'median_boundary', 'max_boundary')} | "
             f"{_ms(s['max_next3_over_median_s'])} | {_pair(s, 'other_p95', 'other_max')} | "
-            f"{snap} | {_pair(s, 'writer_cpu_s_median', 'writer_cpu_s_max', suffix='')} |"
+            f"{_pair(s, 'median_boundary', 'max_boundary', '_over_local_s')} | "
+            f"{_pair(s, 'local_p95', 'local_max')} | {snap} | "
+            f"{_pair(s, 'writer_cpu_s_median', 'writer_cpu_s_max', suffix='')} |"
         )
     return "\n".join(lines)
 
