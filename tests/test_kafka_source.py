@@ -86,3 +86,63 @@ def test_the_queue_refills_in_small_steps_and_a_poll_never_overfills_it():
     assert max(refills[20:]) <= cap // 64 + 32  # past the first fill: a 64th at a time
     assert backpressure(0, cap, True) == (False, 500)  # drained: resumed, a full poll
     assert backpressure(5000, cap, False) == (True, 1)  # over (a rebalance's refetch): paused
+
+
+class _Consumer:
+    """What the poll loop asks of a consumer: one partition, each poll fetching what it may."""
+
+    def __init__(self) -> None:
+        self.tp, self.polls, self.next, self._paused = TopicPartition("pairs", 0), [], 0, set()
+        self._client = SimpleNamespace(cluster=SimpleNamespace(brokers=lambda: []))
+
+    def assignment(self):
+        return {self.tp}
+
+    def pause(self, *tps):
+        self._paused |= set(tps)
+
+    def resume(self, *tps):
+        self._paused -= set(tps)
+
+    def paused(self):
+        return set(self._paused)
+
+    def highwater(self, tp):
+        return None
+
+    def poll(self, timeout_ms: int, max_records: int):
+        self.polls.append((time.monotonic(), bool(self._paused)))
+        if self._paused:
+            return {}
+        batch = [_record(o) for o in range(self.next, self.next + max_records)]
+        self.next += max_records
+        return {self.tp: batch}
+
+
+def test_a_full_queue_sleeps_the_poll_thread_until_records_are_taken():
+    """Paused, the poll thread neither spins in poll (kafka-python's loop ran ~85 times a
+    second) nor stops polling (the group needs it); a take refills at once."""
+    cfg = KafkaConfig(topic="pairs", queue_records=128)
+    source = KafkaSource(cfg, decode=lambda raw: Pair(Sample(str(raw.offset), b"x", "t"),
+                                                      torch.zeros(1)))  # fmt: skip
+    consumer = _Consumer()
+    source._connect = lambda: consumer  # type: ignore[method-assign]
+    source.start(lambda _p, _g: None)
+    try:
+        deadline = time.monotonic() + 10
+        while source.stats().buffered < 128 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert source.stats().paused
+        time.sleep(1.5)
+        paused_polls = [t for t, paused in consumer.polls if paused]
+        assert 1 <= len(paused_polls) <= 6  # about every 0.5 s, not 85 a second
+        fetched = consumer.next
+        taken = source.get(32, timeout=1)
+        took = time.monotonic()
+        while consumer.next == fetched and time.monotonic() < took + 2:
+            time.sleep(0.01)
+        assert time.monotonic() - took < 0.45  # woken by the take, not the next 0.5 s poll
+        items = taken + source.get(1000, timeout=1)
+    finally:
+        source.close()
+    assert [i.raw.offset for i in items] == list(range(len(items)))
