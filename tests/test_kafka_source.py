@@ -10,6 +10,7 @@ import torch
 from kafka import TopicPartition
 
 from streamer.config import KafkaConfig
+from streamer.intake import kafka_source
 from streamer.intake.kafka_group import backpressure
 from streamer.intake.kafka_source import KafkaSource
 from streamer.records import DecodeError, Pair, Sample
@@ -119,7 +120,7 @@ class _Consumer:
         return {self.tp: batch}
 
 
-def test_a_full_queue_sleeps_the_poll_thread_until_records_are_taken():
+def test_a_full_queue_sleeps_the_poll_thread_until_records_are_taken(monkeypatch):
     """Paused, the poll thread neither spins in poll (kafka-python's loop ran ~85 times a
     second) nor stops polling (the group needs it); a take refills at once."""
     cfg = KafkaConfig(topic="pairs", queue_records=128)
@@ -136,12 +137,14 @@ def test_a_full_queue_sleeps_the_poll_thread_until_records_are_taken():
         time.sleep(1.5)
         paused_polls = [t for t, paused in consumer.polls if paused]
         assert 1 <= len(paused_polls) <= 6  # about every 0.5 s, not 85 a second
+        monkeypatch.setattr(kafka_source, "PAUSED_POLL_SECONDS", 30.0)
+        time.sleep(0.7)  # the poll thread now waits up to 30 s
         fetched = consumer.next
         taken = source.get(32, timeout=1)
         took = time.monotonic()
-        while consumer.next == fetched and time.monotonic() < took + 2:
+        while consumer.next == fetched and time.monotonic() < took + 10:
             time.sleep(0.01)
-        assert time.monotonic() - took < 0.45  # woken by the take, not the next 0.5 s poll
+        assert time.monotonic() - took < 5  # woken by the take, not by the wait running out
         items = taken + source.get(1000, timeout=1)
     finally:
         source.close()

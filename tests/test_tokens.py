@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 
 import open_clip
 import torch
@@ -73,3 +74,38 @@ def test_the_word_cache_stays_bounded_and_keeps_special_tokens(monkeypatch) -> N
     cached([f"word{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(200)])
     assert len(plain.cache) < 50  # past the limit: emptied after that call
     assert torch.equal(cached(["<start_of_text> a photo"]), want)
+
+
+def test_the_word_cache_is_never_trimmed_under_a_running_call(monkeypatch) -> None:
+    """open_clip's BPE asks `word in cache` then reads `cache[word]`: a trim between the two
+    (another thread's call ending) would raise KeyError inside a tokenize call."""
+
+    class TwoSteps:  # reads its cache as open_clip's BPE does, slowly
+        def __init__(self) -> None:
+            self.cache: dict[str, object] = {"<start_of_text>": "<start_of_text>"}
+
+        def __call__(self, texts: list[str]) -> torch.Tensor:
+            rows = []
+            for text in texts:
+                self.cache.setdefault(text, len(self.cache))
+                time.sleep(0.001)  # another call may end meanwhile
+                rows.append([hash(self.cache[text]) % 1000])
+            return torch.tensor(rows).reshape(len(texts), 1)
+
+    monkeypatch.setattr(tokens, "WORD_CACHE_LIMIT", 3)
+    cached, errors = Tokens(TwoSteps(), size=4), []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(40):
+                cached([f"w{k}-{i}"])
+        except Exception as exc:  # a KeyError from a trimmed cache
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(cached.tokenize.cache) <= 3 + 4  # trimmed whenever no call ran

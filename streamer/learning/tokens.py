@@ -30,6 +30,7 @@ class Tokens:
         self.tokenize, self.size = tokenize, size
         self._rows: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
+        self._busy = 0  # tokenize calls running (open_clip's BPE reads its cache in two steps)
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         texts = list(texts)
@@ -39,14 +40,21 @@ class Tokens:
                 self._rows.move_to_end(t)
         missing = [t for t in dict.fromkeys(texts) if t not in rows]
         if missing:  # outside the lock: workers tokenize side by side
-            fresh = self.tokenize(missing)
+            with self._lock:
+                self._busy += 1
+            try:
+                fresh = self.tokenize(missing)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    if self._busy == 0:  # no call reads the word cache while it is trimmed
+                        _bound_word_cache(self.tokenize)
             made = {t: fresh[i].clone() for i, t in enumerate(missing)}  # not views of `fresh`
             rows |= made
             with self._lock:
                 self._rows.update(made)
                 while len(self._rows) > self.size:
                     self._rows.popitem(last=False)
-            _bound_word_cache(self.tokenize)
         if not texts:
             return self.tokenize([])
         return torch.stack([rows[t] for t in texts])
