@@ -98,7 +98,7 @@ def feed_capacity(bootstrap: str, topic: str, n: int, workers: int, threads: int
     source = KafkaSource(settings.kafka, engine.decoder.decode, workers=workers, pool=pool)
     source.start(lambda _p, _g: None)
     stamps, got, refused = [], 0, 0
-    batch, cpu, spent = SHAPE["batch_size"], {}, {}
+    batch, cpu = SHAPE["batch_size"], {}
     try:
         target = n
         while got < target:
@@ -132,7 +132,7 @@ def feed_capacity(bootstrap: str, topic: str, n: int, workers: int, threads: int
     }
     if pace:
         out["cpu_ms_per_record"] = {k: 1000 * v / (n1 - n0) for k, v in spent.items() if v > 0}
-    return out  # fmt: skip
+    return out
 
 
 def thread_cpu() -> dict[str, float]:

@@ -274,7 +274,7 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "rounds": len(runs), "steps": sum(r["steps"] for r in runs),
         }  # fmt: skip
         if name == "bare":
-            excess = [g / 1000 - r["median_interval_s"] for r in runs for g in r["intervals_ms"]]
+            excess = [g - r["median_interval_s"] for r in runs for g in _gaps(r).values()]
             local = [x for r in runs for x in _over_before(_gaps(r)).values()]
             out[name] = {**stage, **_spread("other", excess), **_spread("local", local)}
             continue
@@ -285,9 +285,9 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         other, local, local_other = [], [], []
         for r in runs:
             near = _near([c["step"] for c in r["checkpoints"]])
-            other += [g / 1000 - r["median_interval_s"] for s, g in r["intervals_ms"].items()
-                      if int(s) not in near]  # fmt: skip
-            before = _over_before(_gaps(r))
+            gaps = _gaps(r)
+            other += [g - r["median_interval_s"] for s, g in gaps.items() if s not in near]
+            before = _over_before(gaps)
             local += [before[c["step"] + 1] for c in r["checkpoints"] if c["step"] + 1 in before]
             local_other += [x for s, x in before.items() if s not in near]
         out[name] = {

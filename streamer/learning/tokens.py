@@ -34,29 +34,30 @@ class Tokens:
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         texts = list(texts)
+        if not texts:
+            return self.tokenize([])
+        distinct = dict.fromkeys(texts)
         with self._lock:
-            rows = {t: r for t in dict.fromkeys(texts) if (r := self._rows.get(t)) is not None}
+            rows = {t: r for t in distinct if (r := self._rows.get(t)) is not None}
             for t in rows:
                 self._rows.move_to_end(t)
-        missing = [t for t in dict.fromkeys(texts) if t not in rows]
-        if missing:  # outside the lock: workers tokenize side by side
-            with self._lock:
+            missing = [t for t in distinct if t not in rows]
+            if missing:
                 self._busy += 1
+        if missing:  # outside the lock: workers tokenize side by side
+            made: dict[str, torch.Tensor] = {}
             try:
                 fresh = self.tokenize(missing)
+                made = {t: fresh[i].clone() for i, t in enumerate(missing)}  # not views
             finally:
                 with self._lock:
+                    self._rows.update(made)
+                    while len(self._rows) > self.size:
+                        self._rows.popitem(last=False)
                     self._busy -= 1
                     if self._busy == 0:  # no call reads the word cache while it is trimmed
                         _bound_word_cache(self.tokenize)
-            made = {t: fresh[i].clone() for i, t in enumerate(missing)}  # not views of `fresh`
             rows |= made
-            with self._lock:
-                self._rows.update(made)
-                while len(self._rows) > self.size:
-                    self._rows.popitem(last=False)
-        if not texts:
-            return self.tokenize([])
         return torch.stack([rows[t] for t in texts])
 
     def __len__(self) -> int:
